@@ -1,0 +1,489 @@
+"""Model registry, seeded initialisation and cached short training runs.
+
+Every model is a pure function of its seed: builders construct modules on the meta device (so that
+PyTorch's own initialisation never draws from the global RNG) and then initialise every parameter and
+buffer explicitly from a ``torch.Generator``. The last module of every model is the classifier, an
+``nn.Linear`` with bias, whose weight and bias are the model's last two parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from bench.errors import UserError
+
+ImageShape = tuple[int, int, int]
+# Bump when the training recipe changes so that stale cached checkpoints are not reused.
+_TRAIN_RECIPE_VERSION = 1
+
+
+class ModelBuilder(Protocol):
+    def __call__(
+        self, *, num_classes: int, image_shape: ImageShape, generator: torch.Generator, **kwargs: Any
+    ) -> nn.Module: ...
+
+
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register ``builder(*, num_classes, image_shape, generator, **kwargs) -> nn.Module`` under ``name``."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _check_image_shape(image_shape: Sequence[int]) -> ImageShape:
+    try:
+        shape = tuple(int(s) for s in image_shape)
+    except (TypeError, ValueError):
+        raise UserError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def build_model(name: str, *, num_classes: int, image_shape: Sequence[int], seed: int, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name`` with parameters drawn from ``torch.Generator().manual_seed(seed)``.
+
+    The global RNG is neither read nor advanced. The model is returned in train mode, on the CPU.
+    """
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    builder = _REGISTRY[name]
+    if int(num_classes) < 1:
+        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    shape = _check_image_shape(image_shape)
+    _check_kwargs(name, builder, kwargs)
+    generator = torch.Generator().manual_seed(int(seed))
+    # Safety net for builders registered elsewhere that draw from the global RNG anyway: they still
+    # become a function of the seed, and the caller's RNG stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = builder(num_classes=int(num_classes), image_shape=shape, generator=generator, **kwargs)
+    classifier(model)
+    return model
+
+
+def _check_kwargs(name: str, builder: ModelBuilder, kwargs: Mapping[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in ("num_classes", "image_shape", "generator")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise UserError(f"model {name!r} does not take option(s) {', '.join(unknown)}; it takes: {takes}")
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's final ``nn.Linear`` (weight (K, F), bias (K,)), checked to hold its last two parameters."""
+    last = list(model.modules())[-1]
+    if not isinstance(last, nn.Linear) or last.bias is None:
+        raise TypeError(f"the last module of {type(model).__name__} must be an nn.Linear with bias, got {last}")
+    params = list(model.parameters())
+    if len(params) < 2 or params[-2] is not last.weight or params[-1] is not last.bias:
+        raise TypeError(f"the classifier of {type(model).__name__} must hold the model's last two parameters")
+    return last
+
+
+# ----------------------------------------------------------------------------------------------------
+# Initialisation
+
+
+InitFn = Callable[[Tensor, "Tensor | None", torch.Generator], None]
+
+
+def _on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    # Constructing on the meta device skips PyTorch's default init (global RNG, and slow for ResNet-50);
+    # every tensor is then written by _init_modules.
+    with torch.device("meta"):
+        model = factory()
+    return model.to_empty(device="cpu")
+
+
+def _fan_in(weight: Tensor) -> int:
+    return weight.shape[1] * math.prod(weight.shape[2:])
+
+
+def _pytorch_default(weight: Tensor, bias: Tensor | None, generator: torch.Generator) -> None:
+    """PyTorch's own Linear/Conv default (kaiming uniform, a=sqrt(5); bias +-1/sqrt(fan_in)), seeded."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    if bias is not None:
+        bound = 1 / math.sqrt(_fan_in(weight)) if _fan_in(weight) > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound, generator=generator)
+
+
+def _kaiming_normal_fan_out(weight: Tensor, bias: Tensor | None, generator: torch.Generator) -> None:
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu", generator=generator)
+    if bias is not None:
+        nn.init.zeros_(bias)
+
+
+def _uniform_half(weight: Tensor, bias: Tensor | None, generator: torch.Generator) -> None:
+    nn.init.uniform_(weight, -0.5, 0.5, generator=generator)
+    if bias is not None:
+        nn.init.uniform_(bias, -0.5, 0.5, generator=generator)
+
+
+def _init_modules(model: nn.Module, generator: torch.Generator, *, conv: InitFn, linear: InitFn) -> None:
+    """Write every parameter and buffer of ``model``, in module order; unknown stateful modules are an error."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            conv(module.weight, module.bias, generator)
+        elif isinstance(module, nn.Linear):
+            linear(module.weight, module.bias, generator)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            raise TypeError(f"no seeded initialisation for {type(module).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+def _lenet_features(size: int) -> int:
+    for stride in (2, 2, 1):
+        size = (size + 2 * 2 - 5) // stride + 1
+    return size
+
+
+@register_model("lenet")
+def _lenet(*, num_classes: int, image_shape: ImageShape, generator: torch.Generator) -> nn.Module:
+    """DLG's LeNet (Zhu et al. 2019): three sigmoid convs and a linear layer, all uniform in [-0.5, 0.5]."""
+    c, h, w = image_shape
+    # H//4 in the DLG code is exact only for sizes divisible by 4; the true conv output size is ceil(H/4).
+    features = 12 * _lenet_features(h) * _lenet_features(w)
+    model = _on_meta(
+        lambda: nn.Sequential(
+            nn.Conv2d(c, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            nn.Sigmoid(),
+            nn.Flatten(),
+            nn.Linear(features, num_classes),
+        )
+    )
+    _init_modules(model, generator, conv=_uniform_half, linear=_uniform_half)
+    return model
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+@register_model("convnet")
+def _convnet(*, num_classes: int, image_shape: ImageShape, generator: torch.Generator, width: int = 16) -> nn.Module:
+    """Conv-BN-ReLU network of configurable width with two max-pools and a 4x4 adaptive average pool."""
+    c, h, w = image_shape
+    width = int(width)
+    if width < 1:
+        raise UserError(f"convnet width must be at least 1, got {width}")
+    if h < 4 or w < 4:
+        raise UserError(f"convnet needs images of at least 4x4 pixels, got {h}x{w}")
+    model = _on_meta(
+        lambda: nn.Sequential(
+            *_conv_bn_relu(c, width),
+            *_conv_bn_relu(width, 2 * width),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(2 * width, 4 * width),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(4 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(4 * width * 16, num_classes),
+        )
+    )
+    _init_modules(model, generator, conv=_pytorch_default, linear=_pytorch_default)
+    return model
+
+
+@register_model("resnet18")
+def _resnet18(*, num_classes: int, image_shape: ImageShape, generator: torch.Generator) -> nn.Module:
+    """torchvision ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool)."""
+    c = image_shape[0]
+
+    def factory() -> nn.Module:
+        model = torchvision.models.resnet18(num_classes=num_classes)
+        model.conv1 = nn.Conv2d(c, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        return model
+
+    model = _on_meta(factory)
+    _init_modules(model, generator, conv=_kaiming_normal_fan_out, linear=_pytorch_default)
+    return model
+
+
+_RESNET50_PRETRAINED = (
+    torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+)
+
+
+def _hub_checkpoint(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+@register_model("resnet50")
+def _resnet50(
+    *, num_classes: int, image_shape: ImageShape, generator: torch.Generator, pretrained: bool = False
+) -> nn.Module:
+    """torchvision ResNet-50; ``pretrained`` loads ImageNet weights only if they are already in the hub cache."""
+    c = image_shape[0]
+    if pretrained and (num_classes != 1000 or c != 3):
+        raise UserError(
+            f"resnet50 pretrained weights need num_classes=1000 and 3 channels, got {num_classes} and {c}; "
+            "set pretrained=false"
+        )
+
+    def factory() -> nn.Module:
+        model = torchvision.models.resnet50(num_classes=num_classes)
+        if c != 3:
+            model.conv1 = nn.Conv2d(c, 64, 7, stride=2, padding=3, bias=False)
+        return model
+
+    model = _on_meta(factory)
+    _init_modules(model, generator, conv=_kaiming_normal_fan_out, linear=_pytorch_default)
+    if pretrained:
+        paths = [_hub_checkpoint(weights.url) for weights in _RESNET50_PRETRAINED]
+        cached = next((p for p in paths if p.is_file()), None)
+        if cached is None:
+            warnings.warn(
+                f"ResNet-50 pretrained weights are not cached at {paths[0]}; using an untrained model. "
+                f"Put {paths[0].name} there to use them.",
+                stacklevel=3,
+            )
+        else:
+            load_state_dict_checked(model, cached, "resnet50", remedy=f"replace it with torchvision's {cached.name}")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints and training
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _load_failure_reason(error: Exception) -> str:
+    # torch's weights_only refusal is a multi-paragraph essay; its one useful sentence follows this marker.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, flags=re.DOTALL)
+    if found:
+        return f"not loadable with weights_only: {found.group(1)}"
+    return f"{type(error).__name__}: {text}"
+
+
+def load_state_dict_checked(
+    model: nn.Module, path: Path | str, name: str, *, remedy: str = "delete it to retrain"
+) -> nn.Module:
+    """Load the state dict at ``path`` (``weights_only=True``) into ``model``; anything wrong is a ``UserError``."""
+    path = Path(path)
+
+    def refuse(reason: str) -> UserError:
+        return UserError(
+            f"model checkpoint {path} is not a valid state dict for {name!r} ({_one_line(reason)}); {remedy}"
+        )
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file gets the same one-line refusal
+        raise refuse(_load_failure_reason(e)) from e
+    if not isinstance(state, Mapping):
+        raise refuse(f"it holds a {type(state).__name__}, not a mapping")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise refuse(f"non-tensor entries: {', '.join(map(str, not_tensors[:3]))}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            problems.append(f"{label}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
+    if problems:
+        raise refuse("; ".join(problems))
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise refuse(f"{type(e).__name__}: {e}") from e
+    return model
+
+
+def _channel_stats(value: Any, channels: int, what: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if t.numel() not in (1, channels):
+        raise UserError(f"{what} must have 1 or {channels} values, got {t.numel()}")
+    return t.expand(channels).clone().view(channels, 1, 1)
+
+
+def _sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _cache_key(payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:8], "little") >> 1
+
+
+def _train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    seed: int,
+    steps: int,
+    batch: int,
+    lr: float,
+) -> None:
+    # A separate stream from the initialisation generator, so batch order and init are not correlated.
+    generator = torch.Generator().manual_seed(_derived_seed(seed, "train"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    n = images.shape[0]
+    batch = min(batch, n)
+    order, pos = torch.empty(0, dtype=torch.long), 0
+    model.train()
+    for _ in range(steps):
+        if pos + batch > order.numel():
+            order, pos = torch.randperm(n, generator=generator), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        x = images[idx]
+        flip = torch.rand(batch, generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        loss = F.cross_entropy(model((x - mean) / std), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def prepare_model(
+    name: str,
+    *,
+    state: Literal["untrained", "trained"],
+    num_classes: int,
+    image_shape: Sequence[int],
+    seed: int,
+    train_images: Tensor | None = None,
+    train_labels: Tensor | None = None,
+    mean: Sequence[float] | float | Tensor | None = None,
+    std: Sequence[float] | float | Tensor | None = None,
+    cache_dir: Path | str | None = None,
+    train_steps: int = 200,
+    train_batch: int = 32,
+    lr: float = 0.05,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """The model an attack is run against, in eval mode (the caller picks train/eval mode for its threat model).
+
+    ``untrained``: ``build_model`` with ``seed``. ``trained``: the seeded model after ``train_steps`` steps of
+    SGD (momentum 0.9, cross-entropy on ``(x - mean) / std``, random horizontal flips) on ``train_images``
+    ((N, C, H, W) in [0, 1]) and ``train_labels`` ((N,)), cached in ``cache_dir`` under a key of every input.
+    """
+    shape = _check_image_shape(image_shape)
+    model = build_model(name, num_classes=num_classes, image_shape=shape, seed=seed, **model_kwargs)
+    if state == "untrained":
+        return model.eval()
+    if state != "trained":
+        raise UserError(f"model state must be 'untrained' or 'trained', got {state!r}")
+    if train_images is None or train_labels is None:
+        raise UserError("model state 'trained' needs training images and labels; use state=untrained otherwise")
+    if mean is None or std is None or cache_dir is None:
+        raise UserError("model state 'trained' needs mean, std and cache_dir")
+    images = train_images.detach().to("cpu", torch.float32).contiguous()
+    labels = train_labels.detach().to("cpu", torch.long).contiguous()
+    if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+        raise UserError(f"training images must have shape (N, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise UserError(f"training labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+    if images.shape[0] == 0:
+        raise UserError("model state 'trained' needs at least one training image")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"training labels must lie in [0, {num_classes - 1}], got {labels.min()}..{labels.max()}")
+    if int(train_steps) < 1 or int(train_batch) < 1 or not float(lr) > 0:
+        raise UserError(f"need train_steps >= 1, train_batch >= 1, lr > 0; got {train_steps}, {train_batch}, {lr}")
+    mean_t = _channel_stats(mean, shape[0], "mean")
+    std_t = _channel_stats(std, shape[0], "std")
+    if (std_t <= 0).any():
+        raise UserError(f"std must be positive, got {std_t.flatten().tolist()}")
+
+    key = _cache_key(
+        {
+            "recipe": _TRAIN_RECIPE_VERSION,
+            "name": name,
+            "model_kwargs": dict(model_kwargs),
+            "num_classes": int(num_classes),
+            "image_shape": list(shape),
+            "seed": int(seed),
+            "train_steps": int(train_steps),
+            "train_batch": int(train_batch),
+            "lr": float(lr),
+            "mean": mean_t.flatten().tolist(),
+            "std": std_t.flatten().tolist(),
+            "data": {"n": images.shape[0], "images": _sha256(images), "labels": _sha256(labels)},
+        }
+    )
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{name}-{key}.pt"
+    if path.exists():
+        print(f"[models] loading trained {name} from {path}", file=sys.stderr, flush=True)
+        return load_state_dict_checked(model, path, name).eval()
+
+    print(
+        f"[models] training {name} for {int(train_steps)} steps on {images.shape[0]} images; caching at {path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _train(model, images, labels, mean_t, std_t, seed=int(seed), steps=int(train_steps), batch=int(train_batch), lr=lr)
+    model.eval()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return model

@@ -1,0 +1,77 @@
+"""Trial records: one JSON file per trial, written atomically, keyed by a hash of the trial's config.
+
+A sweep folder holds ``records/<key>.json``. A record that exists and parses is
+a finished trial, which is what makes an interrupted sweep resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def trial_key(trial_config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(trial_config).encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_path(sweep_dir: Path, key: str) -> Path:
+    return sweep_dir / "records" / f"{key}.json"
+
+
+class CorruptRecordError(ValueError):
+    pass
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptRecordError(f"{path}: {error}") from None
+    if not isinstance(record, dict) or record.get("record_version") != RECORD_VERSION or "status" not in record:
+        raise CorruptRecordError(f"{path}: not a gia-bench record (version {RECORD_VERSION})")
+    return record
+
+
+def set_aside(path: Path) -> Path:
+    """Move a corrupt record out of the way (kept for inspection) so its trial runs again."""
+    target = path.parent / "corrupt" / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target
+
+
+def load_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every valid record under ``sweep_dir/records`` (corrupt ones are skipped here, set aside on resume)."""
+    records = []
+    for path in sorted((sweep_dir / "records").glob("*.json")):
+        try:
+            records.append(read_record(path))
+        except CorruptRecordError:
+            continue
+    return records

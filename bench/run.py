@@ -1,0 +1,358 @@
+"""The runner: ``python -m bench.run`` (a sweep) or ``python -m bench.run sweep=none ...`` (one trial).
+
+data -> client update -> attack -> metrics -> record. Each trial is one Hydra job
+and a pure function of its config; its record is keyed by a hash of that config,
+so re-running a sweep into the same folder skips what is already done.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import math
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import fields
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import methods
+from bench import records as rec
+from bench.client import client_update
+from bench.data import ImageDataset, load_dataset
+from bench.errors import InfeasibleBatchError, UserError
+from bench.metrics import LPIPSScorer, match, psnr, score
+from bench.models import prepare_model
+from bench.sampler import sample_batch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRIAL_KEYS = ("dataset", "model", "profile", "batch_size", "dup_ratio", "seed", "labels_known", "client_mode")
+MAX_TRACE_POINTS = 500
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """Independent, reproducible seeds for the separate random streams of one trial."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:7], "little")
+
+
+def method_params(cfg: DictConfig) -> dict[str, Any]:
+    """The method's keyword config: its params, then its profile's, then a top-level ``iterations``."""
+    method = cfg.method
+    profiles = method.get("profiles") or {}
+    if cfg.profile not in profiles:
+        raise UserError(
+            f"unknown profile {cfg.profile!r} for method {method.name!r}; choose one of {', '.join(profiles)}"
+        )
+    base = method.get("params")
+    params = {
+        **(OmegaConf.to_container(base) if base is not None else {}),
+        **OmegaConf.to_container(profiles[cfg.profile]),
+    }
+    if cfg.iterations is not None:
+        params["iterations"] = cfg.iterations
+    return params
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import user modules (dotted names or .py paths) whose ``@register_method`` adds attacks."""
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            path = Path(plugin).expanduser().resolve()
+            if not path.is_file():
+                raise UserError(f"plugin file {path} does not exist; pass plugins=[path/to/my_attack.py]")
+            module_name = f"gia_bench_plugin_{path.stem}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as error:
+                raise UserError(f"cannot import plugin {plugin!r} ({error}); is it on PYTHONPATH?") from None
+
+
+def build_attack(cfg: DictConfig) -> methods.Attack:
+    load_plugins(list(cfg.plugins))
+    name = cfg.method.name
+    try:
+        cls = methods.get_method_class(name)
+    except KeyError as error:
+        raise UserError(str(error)) from None
+    params = method_params(cfg)
+    known = {f.name for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else set(params)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UserError(
+            f"method {name!r} has no option {', '.join(unknown)}; its options are {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"bad option for method {name!r}: {error}") from None
+
+
+def trial_config(cfg: DictConfig) -> dict[str, Any]:
+    """What defines a trial, and so its record key: everything that can change its numbers."""
+    config = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in TRIAL_KEYS
+    }
+    config["method"] = {"name": cfg.method.name, **method_params(cfg)}
+    return config
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(spec_json: str) -> ImageDataset:
+    import json
+
+    spec = json.loads(spec_json)
+    return load_dataset(spec.pop("name"), **{k: v for k, v in spec.items() if v is not None})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    versions = {}
+    for package in ("torch", "torchvision", "lpips", "piq", "hydra-core", "gia-bench"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit, "python": platform.python_version()}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _thin(points: list[Any], limit: int = MAX_TRACE_POINTS) -> list[Any]:
+    if len(points) <= limit:
+        return points
+    step = math.ceil(len(points) / limit)
+    return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+
+
+def sweep_dir() -> Path:
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir if hc.mode.name == "MULTIRUN" else hc.run.dir)
+
+
+def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one trial (or find its finished record) and return its record."""
+    attack = build_attack(cfg)
+    config = trial_config(cfg)
+    key = rec.trial_key(config)
+    path = rec.record_path(out_dir, key)
+    if path.exists():
+        try:
+            record = rec.read_record(path)
+            record["resumed"] = True
+            return record
+        except rec.CorruptRecordError as error:
+            moved = rec.set_aside(path)
+            print(f"warning: {error}; moved it to {moved} and re-running the trial", file=sys.stderr)
+
+    device = pick_device(cfg.device)
+    record: dict[str, Any] = {
+        "record_version": rec.RECORD_VERSION,
+        "key": key,
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "model_state": cfg.model.state,
+        "profile": cfg.profile,
+        "batch_size": cfg.batch_size,
+        "dup_ratio": cfg.dup_ratio,
+        "seed": cfg.seed,
+        "labels_known": cfg.labels_known,
+        "config": config,
+        "device": _device_name(device),
+        **environment(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    started = time.perf_counter()
+    dataset = _dataset(rec.canonical_json(OmegaConf.to_container(cfg.dataset, resolve=True)))
+    try:
+        indices = sample_batch(dataset.labels, dataset.num_classes, cfg.batch_size, cfg.dup_ratio, cfg.seed)
+    except InfeasibleBatchError as error:
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            raise
+        return _finish(record | {"status": "skipped", "reason": str(error)}, path, started)
+    truth, true_labels = dataset.batch(indices)
+    truth, true_labels = truth.to(device), true_labels.to(device)
+
+    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "state")}
+    train_images = train_labels = None
+    if cfg.model.state == "trained":
+        train_images, train_labels = dataset.batch(torch.arange(min(len(dataset), 5000)))
+    model = prepare_model(
+        cfg.model.name,
+        state=cfg.model.state,
+        num_classes=dataset.num_classes,
+        image_shape=dataset.image_shape,
+        seed=cfg.seed,
+        train_images=train_images,
+        train_labels=train_labels,
+        mean=dataset.mean,
+        std=dataset.std,
+        cache_dir=_inside_repo(Path(cfg.cache_dir)) / "models",
+        **model_cfg,
+    ).to(device)
+
+    progress: list[list[float]] = []
+
+    def on_progress(iteration: int, seconds: float, images: torch.Tensor) -> None:
+        order = match(images, truth)
+        progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
+
+    try:
+        observation = client_update(
+            model,
+            truth,
+            true_labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            num_classes=dataset.num_classes,
+            mode=cfg.client_mode,
+            labels_known=cfg.labels_known,
+        )
+        generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "attack"))
+        result = attack.reconstruct(
+            observation,
+            generator=generator,
+            callback=on_progress if cfg.score_every else None,
+            callback_every=cfg.score_every,
+            progress=not cfg.quiet,
+        )
+        if not torch.isfinite(result.images).all():
+            raise FloatingPointError("the reconstruction contains NaN or inf")
+        scores = score(result.images, truth, result.labels, true_labels, LPIPS)
+    except UserError:
+        raise
+    except Exception as error:  # a failed trial is a result: record it and let the sweep go on
+        if cfg.debug:
+            traceback.print_exc()
+        return _finish(record | {"status": "failed", "reason": f"{type(error).__name__}: {error}"}, path, started)
+
+    trace = result.trace
+    record |= {
+        "status": "ok",
+        "psnr": scores.psnr,
+        "ssim": scores.ssim,
+        "lpips": scores.lpips,
+        "label_accuracy": scores.label_accuracy,
+        "iterations": trace[-1].iteration if trace else 0,
+        "attack_seconds": trace[-1].seconds if trace else 0.0,
+        "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
+        "per_image_psnr": scores.per_image_psnr,
+        "true_labels": true_labels.tolist(),
+        "predicted_labels": result.labels.tolist(),
+        "trace": [[p.iteration, p.seconds, p.objective] for p in _thin(trace)],
+        "progress": progress,
+    }
+    _save_grid(out_dir / "grids" / f"{key}.png", truth, result.images[torch.tensor(scores.order)], cfg.grid_images)
+    return _finish(record, path, started)
+
+
+LPIPS = LPIPSScorer()
+
+
+def _inside_repo(path: Path) -> Path:
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _finish(record: dict[str, Any], path: Path, started: float) -> dict[str, Any]:
+    record["trial_seconds"] = time.perf_counter() - started
+    rec.write_atomic(path, rec.canonical_json(record) + "\n")
+    return record
+
+
+def _save_grid(path: Path, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = min(columns, truth.shape[0])
+    save_image(torch.cat([truth[:k], reconstruction[:k]]).cpu(), path, nrow=k, padding=1, pad_value=1.0)
+
+
+def describe(record: dict[str, Any]) -> str:
+    head = f"{record['method']} B={record['batch_size']} r={record['dup_ratio']} seed={record['seed']}"
+    if record["status"] != "ok":
+        return f"{head}: {record['status']} ({record.get('reason', '')})"
+    return (
+        f"{head}: PSNR {record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}, "
+        f"labels {100 * record['label_accuracy']:.0f}%, {record['attack_seconds']:.1f} s"
+        + (" (already done)" if record.get("resumed") else "")
+    )
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    try:
+        hc = HydraConfig.get()
+        out_dir = sweep_dir()
+        record = run_trial(cfg, out_dir)
+        position = f"[{hc.job.num + 1}] " if hc.mode.name == "MULTIRUN" else ""
+        tqdm.write(position + describe(record))
+        return record
+    except UserError as error:
+        if cfg.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+class ReportCallback(Callback):
+    """Writes the summary tables when a run or sweep ends and prints where the results are."""
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._report(Path(config.hydra.run.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._report(Path(config.hydra.sweep.dir))
+
+    @staticmethod
+    def _report(out_dir: Path) -> None:
+        from bench.report import write_report
+
+        if not (out_dir / "records").is_dir():
+            return
+        summary = write_report(out_dir)
+        print(summary)
+        print(f"results: {out_dir.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

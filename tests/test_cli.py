@@ -1,0 +1,53 @@
+"""The command line, end to end, with tiny budgets on the embedded sample."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "records").glob("*.json"))]
+
+
+def test_one_trial(run_cli, tmp_path):
+    out = tmp_path / "one"
+    done = run_cli(
+        "sweep=none",
+        "method=idlg",
+        "batch_size=1",
+        "dup_ratio=0",
+        "seed=0",
+        "iterations=3",
+        "dataset=cifar10_sample",
+        "model=lenet",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr
+    (record,) = records(out)
+    assert record["status"] == "ok" and record["method"] == "idlg" and record["iterations"] == 3
+    assert record["label_accuracy"] == 1.0 and record["psnr"] > 0
+    assert (out / "summary.md").exists() and (out / "summary.csv").exists()
+    assert list((out / "grids").glob("*.png"))
+    assert "PSNR" in done.stdout and str(out) in done.stdout
+
+
+def test_smoke_sweep_and_resume(run_cli, tmp_path):
+    out = tmp_path / "smoke"
+    first = run_cli("sweep=smoke", f"hydra.sweep.dir={out}")
+    assert first.returncode == 0, first.stderr
+    got = records(out)
+    assert len(got) == 4 and {r["status"] for r in got} == {"ok"}
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.method) == {"dlg", "idlg"} and (summary.n_ok == 1).all()
+    again = run_cli("sweep=smoke", f"hydra.sweep.dir={out}")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already done") == 4
+    assert records(out) == got
+
+
+def test_unknown_method_is_one_line_and_exit_2(run_cli):
+    done = run_cli("sweep=none", "method=external", "method.name=nope")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown method 'nope'" in lines[0] and "idlg" in lines[0]

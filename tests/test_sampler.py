@@ -1,0 +1,105 @@
+from collections import Counter
+
+import pytest
+import torch
+
+from bench.data import load_dataset
+from bench.errors import InfeasibleBatchError, UserError
+from bench.sampler import distinct_labels, min_feasible_dup_ratio, sample_batch
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return load_dataset("crops")
+
+
+def expected_counts(batch_size: int, k: int) -> list[int]:
+    base, extra = divmod(batch_size, k)
+    return sorted([base + 1] * extra + [base] * (k - extra))
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "dup_ratio", "k"),
+    [(1, 0, 1), (1, 1, 1), (2, 0, 2), (2, 0.5, 1), (4, 0.5, 2), (8, 0.5, 4), (48, 0, 48), (48, 1, 1), (11, 0.15, 9)],
+)
+def test_distinct_labels_rounds_half_up(batch_size, dup_ratio, k):
+    # (2, 0.5): 0.5 rounds up to 1 duplicate; (11, 0.15): 1.5 in decimal though 0.15 * 10 < 1.5 in binary floats.
+    assert distinct_labels(batch_size, dup_ratio) == k
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 8, 16, 32, 48])
+@pytest.mark.parametrize("dup_ratio", [0, 0.25, 0.5, 0.75, 1])
+def test_batch_has_k_labels_spread_evenly(crops, batch_size, dup_ratio):
+    k = distinct_labels(batch_size, dup_ratio)
+    if k > 19:
+        with pytest.raises(InfeasibleBatchError):
+            sample_batch(crops.labels, crops.num_classes, batch_size, dup_ratio, seed=0)
+        return
+    indices = sample_batch(crops.labels, crops.num_classes, batch_size, dup_ratio, seed=0)
+    assert indices.dtype == torch.long and indices.shape == (batch_size,)
+    assert indices.unique().numel() == batch_size
+    counts = Counter(crops.labels[indices].tolist())
+    assert len(counts) == k
+    assert sorted(counts.values()) == expected_counts(batch_size, k)
+
+
+def test_batch_order_is_shuffled(crops):
+    labels = crops.labels[sample_batch(crops.labels, crops.num_classes, 16, 0.5, seed=0)].tolist()
+    runs = sum(1 for i in range(len(labels)) if i == 0 or labels[i] != labels[i - 1])
+    assert runs > len(set(labels))
+
+
+def test_same_seed_same_batch_other_seed_other_batch(crops):
+    first = sample_batch(crops.labels, crops.num_classes, 8, 0.5, seed=3)
+    again = sample_batch(crops.labels, crops.num_classes, 8, 0.5, seed=3)
+    other = sample_batch(crops.labels, crops.num_classes, 8, 0.5, seed=4)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_too_few_classes_says_why(crops):
+    with pytest.raises(UserError) as info:
+        sample_batch(crops.labels, crops.num_classes, 48, 0, seed=0)
+    message = str(info.value)
+    assert "48 distinct classes" in message and "has 19" in message
+    assert "\n" not in message
+    r = min_feasible_dup_ratio(crops.labels, crops.num_classes, 48)
+    assert f"dup_ratio={r:.6g}" in message
+
+
+def test_too_few_images_per_class_says_why():
+    # cifar10_sample has 2 or 4 images per class; 9 images over 2 classes needs one class with 5.
+    sample = load_dataset("cifar10_sample")
+    with pytest.raises(InfeasibleBatchError, match="needs 1 class with at least 5 images"):
+        sample_batch(sample.labels, sample.num_classes, 9, 0.875, seed=0)
+    with pytest.raises(InfeasibleBatchError, match="needs 1 class with at least 8 images"):
+        sample_batch(sample.labels, sample.num_classes, 8, 1, seed=0)
+
+
+def test_bigger_share_goes_to_a_class_that_can_supply_it():
+    # imagenet_sample: 609 has 2 photos, 18 other classes have 1; B=3, k=2 is feasible only with 609 doubled.
+    sample = load_dataset("imagenet_sample", resolution=8)
+    for seed in range(20):
+        labels = sample.labels[sample_batch(sample.labels, sample.num_classes, 3, 0.5, seed)].tolist()
+        assert labels.count(609) == 2 and len(set(labels)) == 2
+
+
+def test_min_feasible_dup_ratio(crops):
+    assert min_feasible_dup_ratio(crops.labels, crops.num_classes, 16) == 0.0
+    assert min_feasible_dup_ratio(crops.labels, crops.num_classes, 1) == 0.0
+    r = min_feasible_dup_ratio(crops.labels, crops.num_classes, 48)
+    assert r == 29 / 47 and distinct_labels(48, r) == 19
+    sample_batch(crops.labels, crops.num_classes, 48, r, seed=0)
+    assert min_feasible_dup_ratio(crops.labels, crops.num_classes, 1281) is None
+
+
+@pytest.mark.parametrize(("batch_size", "dup_ratio"), [(0, 0), (1.5, 0), (True, 0), ("8", 0)])
+def test_bad_batch_size(crops, batch_size, dup_ratio):
+    with pytest.raises(UserError, match="batch_size must be an integer >= 1"):
+        sample_batch(crops.labels, crops.num_classes, batch_size, dup_ratio, seed=0)
+
+
+@pytest.mark.parametrize("dup_ratio", [-0.1, 2, float("nan"), "0.5", None])
+def test_bad_dup_ratio(crops, dup_ratio):
+    with pytest.raises(UserError, match=r"dup_ratio must be a number in \[0, 1\]"):
+        sample_batch(crops.labels, crops.num_classes, 4, dup_ratio, seed=0)
