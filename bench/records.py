@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -17,8 +18,19 @@ from typing import Any
 RECORD_VERSION = 1
 
 
+def _strict(value: Any) -> Any:
+    """NaN becomes null and infinities the strings "inf"/"-inf", so that records are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(_strict(value), sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
 
 
 def trial_key(trial_config: Mapping[str, Any]) -> str:

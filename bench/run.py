@@ -26,6 +26,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -35,11 +36,14 @@ from bench import records as rec
 from bench.client import client_update
 from bench.data import ImageDataset, load_dataset
 from bench.errors import InfeasibleBatchError, UserError
-from bench.metrics import LPIPSScorer, match, psnr, score
+from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
 from bench.models import prepare_model
-from bench.sampler import sample_batch
+from bench.sampler import min_feasible_dup_ratio, sample_batch
+from methods.base import NotApplicableError
+from methods.labels import infer_labels, list_label_strategies
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("attack", "labels")
 TRIAL_KEYS = ("dataset", "model", "profile", "batch_size", "dup_ratio", "seed", "labels_known", "client_mode")
 MAX_TRACE_POINTS = 500
 
@@ -110,6 +114,10 @@ def build_attack(cfg: DictConfig) -> methods.Attack:
 
 def trial_config(cfg: DictConfig) -> dict[str, Any]:
     """What defines a trial, and so its record key: everything that can change its numbers."""
+    if cfg.task == "labels":
+        keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
+        config = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+        return {"task": "labels", "label_strategy": cfg.label_strategy, **config}
     config = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in TRIAL_KEYS
@@ -169,50 +177,43 @@ def sweep_dir() -> Path:
     return Path(hc.sweep.dir if hc.mode.name == "MULTIRUN" else hc.run.dir)
 
 
-def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one trial (or find its finished record) and return its record."""
-    attack = build_attack(cfg)
-    config = trial_config(cfg)
-    key = rec.trial_key(config)
-    path = rec.record_path(out_dir, key)
-    if path.exists():
-        try:
-            record = rec.read_record(path)
-            record["resumed"] = True
-            return record
-        except rec.CorruptRecordError as error:
-            moved = rec.set_aside(path)
-            print(f"warning: {error}; moved it to {moved} and re-running the trial", file=sys.stderr)
+def _check_settings(cfg: DictConfig) -> None:
+    """Catch malformed top-level values before any work (Hydra parses `iterations=abc` as a string)."""
+    positive = {"iterations": cfg.iterations, "seeds": cfg.seeds}
+    for name, value in positive.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{name}={value!r} is not valid; give a positive integer, e.g. {name}=100")
+    if isinstance(cfg.score_every, bool) or not isinstance(cfg.score_every, int) or cfg.score_every < 0:
+        raise UserError(f"score_every={cfg.score_every!r} is not valid; give an integer >= 0 (0 turns scoring off)")
+    if cfg.client_mode not in ("train", "eval"):
+        raise UserError(f"client_mode={cfg.client_mode!r} is not valid; use client_mode=train or client_mode=eval")
+    if cfg.task not in TASKS:
+        raise UserError(f"task={cfg.task!r} is not valid; use one of {', '.join(TASKS)}")
+    if cfg.model.state not in ("untrained", "trained"):
+        raise UserError(
+            f"model.state={cfg.model.state!r} is not valid; use model.state=untrained or model.state=trained"
+        )
 
-    device = pick_device(cfg.device)
-    record: dict[str, Any] = {
-        "record_version": rec.RECORD_VERSION,
-        "key": key,
-        "method": cfg.method.name,
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "model_state": cfg.model.state,
-        "profile": cfg.profile,
-        "batch_size": cfg.batch_size,
-        "dup_ratio": cfg.dup_ratio,
-        "seed": cfg.seed,
-        "labels_known": cfg.labels_known,
-        "config": config,
-        "device": _device_name(device),
-        **environment(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    started = time.perf_counter()
+
+def _resolve_dup_ratio(cfg: DictConfig, dataset: ImageDataset) -> float:
+    """``dup_ratio=least`` asks for the least duplication the dataset allows at this batch size."""
+    if cfg.dup_ratio != "least":
+        return cfg.dup_ratio
+    least = min_feasible_dup_ratio(dataset.labels, dataset.num_classes, cfg.batch_size)
+    if least is None:
+        raise InfeasibleBatchError(
+            f"batch_size={cfg.batch_size} cannot be drawn from {dataset.name} at any dup_ratio; lower batch_size"
+        )
+    return least
+
+
+def _draw_round(cfg: DictConfig, device: torch.device) -> tuple[ImageDataset, torch.Tensor, torch.Tensor, Any, float]:
+    """data -> client update: the batch, its labels and what the attacker observes."""
     dataset = _dataset(rec.canonical_json(OmegaConf.to_container(cfg.dataset, resolve=True)))
-    try:
-        indices = sample_batch(dataset.labels, dataset.num_classes, cfg.batch_size, cfg.dup_ratio, cfg.seed)
-    except InfeasibleBatchError as error:
-        if HydraConfig.get().mode.name != "MULTIRUN":
-            raise
-        return _finish(record | {"status": "skipped", "reason": str(error)}, path, started)
+    dup_ratio = _resolve_dup_ratio(cfg, dataset)
+    indices = sample_batch(dataset.labels, dataset.num_classes, cfg.batch_size, dup_ratio, cfg.seed)
     truth, true_labels = dataset.batch(indices)
     truth, true_labels = truth.to(device), true_labels.to(device)
-
     model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "state")}
     train_images = train_labels = None
     if cfg.model.state == "trained":
@@ -230,44 +231,127 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         cache_dir=_inside_repo(Path(cfg.cache_dir)) / "models",
         **model_cfg,
     ).to(device)
+    observation = client_update(
+        model,
+        truth,
+        true_labels,
+        mean=dataset.mean,
+        std=dataset.std,
+        num_classes=dataset.num_classes,
+        mode=cfg.client_mode,
+        labels_known=cfg.labels_known,
+    )
+    return dataset, truth, true_labels, observation, dup_ratio
 
+
+def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one trial (or find its finished record) and return its record."""
+    _check_settings(cfg)
+    if cfg.task == "attack":
+        attack = build_attack(cfg)
+        name = cfg.method.name
+    else:
+        name = cfg.label_strategy
+        if name not in list_label_strategies():
+            raise UserError(f"unknown label strategy {name!r}; available: {', '.join(list_label_strategies())}")
+    config = trial_config(cfg)
+    key = rec.trial_key(config)
+    path = rec.record_path(out_dir, key)
+    if path.exists():
+        try:
+            record = rec.read_record(path)
+            record["resumed"] = True
+            return record
+        except rec.CorruptRecordError as error:
+            moved = rec.set_aside(path)
+            print(f"warning: {error}; moved it to {moved} and re-running the trial", file=sys.stderr)
+
+    device = pick_device(cfg.device)
+    record: dict[str, Any] = {
+        "record_version": rec.RECORD_VERSION,
+        "key": key,
+        "task": cfg.task,
+        "method": name,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "model_state": cfg.model.state,
+        "profile": cfg.profile,
+        "batch_size": cfg.batch_size,
+        "dup_ratio": cfg.dup_ratio,
+        "seed": cfg.seed,
+        "labels_known": cfg.labels_known,
+        "config": config,
+        "device": _device_name(device),
+        **environment(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    started = time.perf_counter()
+    try:
+        dataset, truth, true_labels, observation, record["dup_ratio"] = _draw_round(cfg, device)
+    except InfeasibleBatchError as error:
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            raise
+        return _finish(record | {"status": "skipped", "reason": str(error)}, path, started)
+
+    try:
+        if cfg.task == "labels":
+            outcome = _label_trial(name, observation, true_labels)
+        else:
+            outcome = _attack_trial(cfg, attack, observation, truth, true_labels, out_dir, key)
+    except UserError:
+        raise
+    except NotApplicableError as error:
+        outcome = {"status": "skipped", "reason": str(error)}
+    except Exception as error:  # a failed trial is a result: record it and let the sweep go on
+        if cfg.debug:
+            traceback.print_exc()
+        outcome = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    return _finish(record | outcome, path, started)
+
+
+def _label_trial(strategy: str, observation: Any, true_labels: torch.Tensor) -> dict[str, Any]:
+    started = time.perf_counter()
+    predicted = infer_labels(strategy, observation)
+    seconds = time.perf_counter() - started
+    return {
+        "status": "ok",
+        "label_accuracy": label_accuracy(predicted.cpu(), true_labels.cpu()),
+        "exact_multiset": sorted(predicted.tolist()) == sorted(true_labels.tolist()),
+        "attack_seconds": seconds,
+        "true_labels": true_labels.tolist(),
+        "predicted_labels": predicted.tolist(),
+    }
+
+
+def _attack_trial(
+    cfg: DictConfig,
+    attack: methods.Attack,
+    observation: Any,
+    truth: torch.Tensor,
+    true_labels: torch.Tensor,
+    out_dir: Path,
+    key: str,
+) -> dict[str, Any]:
     progress: list[list[float]] = []
 
     def on_progress(iteration: int, seconds: float, images: torch.Tensor) -> None:
         order = match(images, truth)
         progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
 
-    try:
-        observation = client_update(
-            model,
-            truth,
-            true_labels,
-            mean=dataset.mean,
-            std=dataset.std,
-            num_classes=dataset.num_classes,
-            mode=cfg.client_mode,
-            labels_known=cfg.labels_known,
-        )
-        generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "attack"))
-        result = attack.reconstruct(
-            observation,
-            generator=generator,
-            callback=on_progress if cfg.score_every else None,
-            callback_every=cfg.score_every,
-            progress=not cfg.quiet,
-        )
-        if not torch.isfinite(result.images).all():
-            raise FloatingPointError("the reconstruction contains NaN or inf")
-        scores = score(result.images, truth, result.labels, true_labels, LPIPS)
-    except UserError:
-        raise
-    except Exception as error:  # a failed trial is a result: record it and let the sweep go on
-        if cfg.debug:
-            traceback.print_exc()
-        return _finish(record | {"status": "failed", "reason": f"{type(error).__name__}: {error}"}, path, started)
-
+    generator = torch.Generator(device=observation.device).manual_seed(derive_seed(cfg.seed, "attack"))
+    result = attack.reconstruct(
+        observation,
+        generator=generator,
+        callback=on_progress if cfg.score_every else None,
+        callback_every=cfg.score_every,
+        progress=not cfg.quiet,
+    )
+    if not torch.isfinite(result.images).all():
+        raise FloatingPointError("the reconstruction contains NaN or inf")
+    scores = score(result.images, truth, result.labels, true_labels, LPIPS)
     trace = result.trace
-    record |= {
+    _save_images(out_dir, key, truth, result.images[torch.tensor(scores.order)], cfg.grid_images)
+    return {
         "status": "ok",
         "psnr": scores.psnr,
         "ssim": scores.ssim,
@@ -282,8 +366,6 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "trace": [[p.iteration, p.seconds, p.objective] for p in _thin(trace)],
         "progress": progress,
     }
-    _save_grid(out_dir / "grids" / f"{key}.png", truth, result.images[torch.tensor(scores.order)], cfg.grid_images)
-    return _finish(record, path, started)
 
 
 LPIPS = LPIPSScorer()
@@ -299,18 +381,27 @@ def _finish(record: dict[str, Any], path: Path, started: float) -> dict[str, Any
     return record
 
 
-def _save_grid(path: Path, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
+def _save_images(out_dir: Path, key: str, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
+    """A PNG grid for people (truth above, reconstruction below) and unpadded strips for the report's figures."""
     from torchvision.utils import save_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     k = min(columns, truth.shape[0])
-    save_image(torch.cat([truth[:k], reconstruction[:k]]).cpu(), path, nrow=k, padding=1, pad_value=1.0)
+    for folder in ("grids", "strips"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    pair = torch.cat([truth[:k], reconstruction[:k]]).cpu()
+    save_image(pair, out_dir / "grids" / f"{key}.png", nrow=k, padding=1, pad_value=1.0)
+    save_image(truth[:k].cpu(), out_dir / "strips" / f"{key}-truth.png", nrow=k, padding=0)
+    save_image(reconstruction[:k].cpu(), out_dir / "strips" / f"{key}-reconstruction.png", nrow=k, padding=0)
 
 
 def describe(record: dict[str, Any]) -> str:
-    head = f"{record['method']} B={record['batch_size']} r={record['dup_ratio']} seed={record['seed']}"
+    ratio = record["dup_ratio"]
+    ratio = f"{ratio:.3g}" if isinstance(ratio, float) else ratio
+    head = f"{record['method']} B={record['batch_size']} r={ratio} seed={record['seed']}"
     if record["status"] != "ok":
         return f"{head}: {record['status']} ({record.get('reason', '')})"
+    if record.get("task") == "labels":
+        return f"{head}: labels {100 * record['label_accuracy']:.0f}%"
     return (
         f"{head}: PSNR {record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}, "
         f"labels {100 * record['label_accuracy']:.0f}%, {record['attack_seconds']:.1f} s"
@@ -318,13 +409,30 @@ def describe(record: dict[str, Any]) -> str:
     )
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def sweep_size() -> int | None:
+    """How many trials the configured sweep has (None when it cannot be told, e.g. a -m sweep)."""
+    hc = HydraConfig.get()
+    params = hc.sweeper.get("params") or {}
+    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    total = 1
+    for override in overrides:
+        total *= len(list(override.sweep_iterator())) if override.is_sweep_override() else 1
+    return total
+
+
+@hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     try:
+        if cfg.threads is not None:
+            torch.set_num_threads(int(cfg.threads))
         hc = HydraConfig.get()
         out_dir = sweep_dir()
         record = run_trial(cfg, out_dir)
-        position = f"[{hc.job.num + 1}] " if hc.mode.name == "MULTIRUN" else ""
+        position = ""
+        if hc.mode.name == "MULTIRUN":
+            total = sweep_size()
+            done = hc.job.num + 1
+            position = f"[{done}/{total}, {total - done} left] " if total else f"[{done}] "
         tqdm.write(position + describe(record))
         return record
     except UserError as error:
@@ -355,4 +463,8 @@ class ReportCallback(Callback):
 
 
 if __name__ == "__main__":
-    main()
+    # Call through the importable module, not __main__, so that parallel launchers
+    # (joblib, submitit) can pickle the task function by reference.
+    from bench.run import main as importable_main
+
+    importable_main()

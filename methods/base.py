@@ -15,6 +15,10 @@ import torch
 from torch import Tensor, nn
 
 
+class NotApplicableError(ValueError):
+    """The method or strategy does not apply to this observation (e.g. a B=1 rule at B=8); a sweep records a skip."""
+
+
 class GradientError(ValueError):
     """The exposed gradients cannot be attacked as given (NaN, inf, wrong shapes)."""
 

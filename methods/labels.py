@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from methods.base import Observation, UnknownNameError
+from methods.base import NotApplicableError, Observation, UnknownNameError
 
 LabelStrategy = Callable[[Observation], Tensor]
 _STRATEGIES: dict[str, LabelStrategy] = {}
@@ -153,7 +153,7 @@ def idlg_labels(observation: Observation) -> Tensor:
     Assumes B = 1 and non-negative last-layer features.
     """
     if _check_batch(observation) != 1:
-        raise ValueError(
+        raise NotApplicableError(
             f"the idlg label strategy handles a single sample, got batch_size={observation.batch_size}; "
             "use 'ilrg', 'count', 'llg' or 'analytic' for batches"
         )
@@ -175,7 +175,7 @@ def analytic_labels(observation: Observation) -> Tensor:
     than B, the remaining slots repeat the present classes in that same order
     (most negative first, cycling), a guess that the most negative classes hold the
     duplicates. If there are more than B, the B most negative are kept. If none is
-    negative, the B smallest entries are used.
+    negative (degenerate gradients), the smallest entry fills every slot.
     Follows the sign argument shared by iDLG (Zhao et al. 2020) and LLG (Wainakh et al. 2022).
     """
     batch = _check_batch(observation)
@@ -204,7 +204,7 @@ def yin_labels(observation: Observation) -> Tensor:
     batch = _check_batch(observation)
     grad_w, _ = last_layer_gradients(observation)
     if batch > observation.num_classes:
-        raise ValueError(
+        raise NotApplicableError(
             f"the yin label strategy returns distinct labels, so it needs batch_size <= num_classes "
             f"({batch} > {observation.num_classes}); use 'ilrg' or 'count'"
         )
@@ -267,20 +267,22 @@ _DUMMY_SEED = 0
 
 
 def _dummy_posteriors(observation: Observation) -> Tensor:
-    """Mean softmax output of the model on seeded uniform-noise images, in batches of the client's size.
+    """Mean softmax output of the model on seeded uniform-noise images.
 
-    Batches of the client's size keep train-mode BatchNorm's batch statistics comparable;
-    the fixed seed makes the strategy deterministic.
+    With train-mode BatchNorm the images go in batches of the client's size so the
+    batch statistics are comparable; otherwise samples are independent and one batch
+    suffices. The fixed seed makes the strategy deterministic.
     """
-    batch = observation.batch_size
     model = observation.model
+    batch_statistics = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    batch = observation.batch_size if batch_statistics else max(_DUMMY_SAMPLES, observation.batch_size)
     generator = torch.Generator().manual_seed(_DUMMY_SEED)
     dtype = next(model.parameters()).dtype
     precise = _precise_dtype(observation.device)
     total = torch.zeros(observation.num_classes, dtype=precise, device=observation.device)
     seen = 0
     with torch.no_grad():
-        while seen < max(_DUMMY_SAMPLES, batch):
+        while seen < max(_DUMMY_SAMPLES, observation.batch_size):
             noise = torch.rand((batch, *observation.image_shape), generator=generator)
             images = observation.normalise(noise.to(device=observation.device, dtype=dtype))
             total += torch.softmax(model(images).to(precise), dim=-1).sum(dim=0)
@@ -295,14 +297,15 @@ def count_labels(observation: Observation) -> Tensor:
 
     db_c = p_bar_c - n_c/B exactly, so n_c = B (p_bar_c - db_c). Following Geng et al.,
     the unobserved mean posterior p_bar_c is estimated by the model's mean softmax
-    output on dummy inputs: seeded uniform-noise images, normalised like the
-    client's data, in batches of the client's size. Present classes are those with
-    db_c < 0 or an estimate of at least 0.5 (a present class whose mean posterior
-    exceeds n_c/B has db_c >= 0). The estimates are rounded to exactly B labels by
-    the largest remainder method, every present class getting at least one.
+    output on at least 32 dummy inputs: seeded uniform-noise images, normalised
+    like the client's data (in batches of the client's size under train-mode
+    BatchNorm). Present classes are those with db_c < 0 or an estimate of at least
+    0.5 (a present class whose mean posterior exceeds n_c/B has db_c >= 0). The
+    estimates are rounded to exactly B labels by the largest remainder method,
+    every present class getting at least one.
     Assumes the model's posteriors depend little on its input (true of untrained
     models, much less of trained ones): counts are exact while
-    |p_bar_c - p_hat_c| < 1/(2B). Costs a few forward passes of the client's batch size.
+    |p_bar_c - p_hat_c| < 1/(2B). Costs one to 32 forward passes.
     We follow the paper's zero-shot idea, not its exact equations: ours uses only
     the bias gradient, which every model here has, and the dummy-input posteriors.
     """

@@ -1,0 +1,110 @@
+"""Sweeps: resume after SIGKILL, the joblib launcher, failed trials, infeasible cells."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+# Fields that legitimately differ between two runs of the same trial: wall-clock timings.
+TIMING = {"created", "trial_seconds", "attack_seconds", "seconds_per_iteration", "resumed"}
+
+
+def comparable(record: dict) -> dict:
+    kept = {k: v for k, v in record.items() if k not in TIMING}
+    for series in ("trace", "progress"):
+        if series in kept:
+            kept[series] = [[point[0], *point[2:]] for point in kept[series]]
+    return kept
+
+
+def records(folder: Path) -> dict[str, dict]:
+    return {p.stem: comparable(json.loads(p.read_text())) for p in sorted((folder / "records").glob("*.json"))}
+
+
+SMOKE = ("sweep=smoke", "threads=1", "seeds=2")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", *SMOKE, "quiet=true", f"hydra.sweep.dir={out}", f"results_root={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return records(out)
+
+
+def test_reference_sweep_is_complete(reference):
+    assert len(reference) == 8 and all(r["status"] == "ok" for r in reference.values())
+
+
+def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference):
+    out = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        *SMOKE,
+        "quiet=true",
+        f"hydra.sweep.dir={out}",
+        f"results_root={tmp_path}",
+    ]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list((out / "records").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = len(list((out / "records").glob("*.json")))
+    assert 3 <= partial < 8
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("already done") == partial
+    assert records(out) == reference
+
+
+def test_joblib_launcher_gives_the_same_records(run_cli, tmp_path, reference):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = tmp_path / "joblib"
+    done = run_cli(*SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={out}")
+    assert done.returncode == 0, done.stderr
+    assert records(out) == reference
+
+
+def test_diverging_trials_are_recorded_as_failed_and_the_sweep_completes(run_cli, tmp_path):
+    out = tmp_path / "diverge"
+    done = run_cli("sweep=smoke", "method.params.lr=1e30", f"hydra.sweep.dir={out}")
+    assert done.returncode == 0, done.stderr
+    got = list(records(out).values())
+    assert len(got) == 4 and all(r["status"] == "failed" for r in got)
+    assert all("objective became" in r["reason"] or "NaN" in r["reason"] for r in got)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.n_failed.sum() == 4 and summary.n_ok.sum() == 0
+
+
+def test_infeasible_cells_are_skipped_with_a_reason(run_cli, tmp_path):
+    out = tmp_path / "skip"
+    done = run_cli(
+        "sweep=smoke",
+        "dataset=cifar10_sample",
+        "model=lenet",
+        "hydra.sweeper.params.batch_size='2,12'",
+        "hydra.sweeper.params.method=idlg",
+        f"hydra.sweep.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr
+    by_batch = {r["batch_size"]: r for r in records(out).values()}
+    assert by_batch[2]["status"] == "ok"
+    assert by_batch[12]["status"] == "skipped" and "distinct classes" in by_batch[12]["reason"]
