@@ -11,8 +11,10 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -302,6 +304,8 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise
     except NotApplicableError as error:
         outcome = {"status": "skipped", "reason": str(error)}
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        outcome = {"status": "failed", "reason": f"out of memory ({error}); lower batch_size or use a smaller model"}
     except Exception as error:  # a failed trial is a result: record it and let the sweep go on
         if cfg.debug:
             traceback.print_exc()
@@ -442,8 +446,101 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         sys.exit(2)
 
 
+MIN_FREE_BYTES = 100 * 2**20
+# Keys that may change between runs into one results folder without mixing experiments.
+RUN_ONLY_KEYS = {
+    "seeds",
+    "quiet",
+    "debug",
+    "threads",
+    "device",
+    "score_every",
+    "grid_images",
+    "results_root",
+    "cache_dir",
+    "plugins",
+    "hydra",
+}
+
+
+def check_output_dir(out_dir: Path, results_root: Path) -> None:
+    """Refuse, before any trial runs, a results folder that escapes the root or cannot be written."""
+    if not out_dir.is_absolute():
+        resolved, root = (Path.cwd() / out_dir).resolve(), (Path.cwd() / results_root).resolve()
+        if not resolved.is_relative_to(root):
+            raise UserError(
+                f"output folder {out_dir} lies outside results_root={results_root}; use a path inside it "
+                "or an absolute path"
+            )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"results folder {out_dir} is not writable ({error.strerror or error}); "
+            "choose another hydra.sweep.dir / results_root"
+        ) from None
+    free = shutil.disk_usage(out_dir).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"only {free / 2**20:.0f} MB free under {out_dir}; free some space or choose another folder")
+
+
+def swept_keys(config: DictConfig) -> set[str]:
+    """Top-level keys a sweep varies, from the sweep file and from command-line sweeps."""
+    params = config.hydra.sweeper.get("params") or {}
+    keys = {str(k).split(".")[0] for k in params}
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if override.is_sweep_override():
+            keys.add(override.key_or_group.split(".")[0].split("/")[0])
+    return keys
+
+
+def check_experiment(out_dir: Path, config: DictConfig) -> None:
+    """A results folder holds one experiment: refuse to resume it with a config that would mix two."""
+    excluded = RUN_ONLY_KEYS | swept_keys(config)
+    fixed = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k not in excluded}
+    path = out_dir / "experiment.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())["fixed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{path} is unreadable; delete it to re-run this folder as a new experiment") from None
+        differing = sorted(k for k in set(previous) | set(fixed) if previous.get(k) != fixed.get(k))
+        if differing:
+            raise UserError(
+                f"{out_dir} holds an experiment with different {', '.join(differing)}; resuming would mix "
+                "two experiments: use a new hydra.sweep.dir"
+            )
+        return
+    rec.write_atomic(path, rec.canonical_json({"fixed": fixed}) + "\n")
+
+
+def _refuse(error: UserError, debug: bool) -> None:
+    if debug:
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 class ReportCallback(Callback):
-    """Writes the summary tables when a run or sweep ends and prints where the results are."""
+    """Checks the results folder before a run or sweep, and writes the report when it ends."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_output_dir(Path(config.hydra.run.dir), Path(config.results_root))
+        except UserError as error:
+            _refuse(error, config.debug)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        out_dir = Path(config.hydra.sweep.dir)
+        try:
+            check_output_dir(out_dir, Path(config.results_root))
+            check_experiment(out_dir, config)
+        except UserError as error:
+            _refuse(error, config.debug)
+        ACTIVE_OUTPUT.append(out_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._report(Path(config.hydra.run.dir))
@@ -462,9 +559,48 @@ class ReportCallback(Callback):
         print(f"results: {out_dir.resolve()}")
 
 
+GROUPS = ("method", "dataset", "model", "sweep")
+ACTIVE_OUTPUT: list[Path] = []  # the sweep folder in progress, for the resume hint after Ctrl-C
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Name the valid options for an unknown method/dataset/model/sweep in one line (Hydra's own error is long)."""
+    for argument in argv:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+~") not in GROUPS or not value:
+            continue
+        options = sorted(p.stem for p in (REPO_ROOT / "conf" / key.lstrip("+~")).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options:
+                noun = key.lstrip("+~")
+                hint = " (a method from a plugin: method=external method.name=NAME)" if noun == "method" else ""
+                raise UserError(f"unknown {noun} {choice!r}; available: {', '.join(options)}{hint}")
+
+
+def cli() -> None:
+    """``python -m bench.run``: Hydra's entry point with one-line errors and a clean Ctrl-C."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except UserError as error:
+        _refuse(error, debug="debug=true" in sys.argv)
+    try:
+        main()
+    except KeyboardInterrupt:
+        arguments = sys.argv[1:]
+        if ACTIVE_OUTPUT and not any(a.startswith("hydra.sweep.dir=") for a in arguments):
+            arguments.append(f"hydra.sweep.dir={ACTIVE_OUTPUT[-1]}")
+        resume = " ".join(["python -m bench.run", *arguments])
+        print(
+            "\ninterrupted: finished records are kept and the unfinished trial was discarded; "
+            f"resume with the same command and the same output folder (hydra.sweep.dir=...):\n  {resume}",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+
+
 if __name__ == "__main__":
     # Call through the importable module, not __main__, so that parallel launchers
     # (joblib, submitit) can pickle the task function by reference.
-    from bench.run import main as importable_main
+    from bench.run import cli as importable_cli
 
-    importable_main()
+    importable_cli()

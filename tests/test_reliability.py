@@ -1,0 +1,177 @@
+"""Bad input gets one line and exit code 2; faults lose nothing; runs are reproducible."""
+
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.client import client_update
+from bench.data import load_dataset
+from bench.models import build_model
+from methods.base import GradientError, Observation
+from tests.conftest import REPO
+from tests.test_sweeps import comparable, records
+
+BAD_INPUT = {
+    "unknown method": (["method=nope"], "unknown method 'nope'; available: dlg"),
+    "unknown dataset": (["dataset=nope"], "unknown dataset 'nope'; available: cifar10"),
+    "unknown model": (["model=nope"], "unknown model 'nope'; available: convnet"),
+    "unknown sweep": (["sweep=nope"], "unknown sweep 'nope'; available: batchsize"),
+    "unknown label strategy": (["sweep=none", "task=labels", "label_strategy=nope"], "available: analytic"),
+    "batch size zero": (["sweep=none", "batch_size=0"], "batch_size must be an integer >= 1"),
+    "batch size not an integer": (["sweep=none", "batch_size=1.5"], "batch_size must be an integer"),
+    "ratio outside [0,1]": (["sweep=none", "dup_ratio=1.5"], "dup_ratio must be a number in [0, 1]"),
+    "too many classes": (["sweep=none", "batch_size=9", "dataset=cifar10_sample"], "needs 9 distinct classes"),
+    "too few images in a class": (
+        ["sweep=none", "batch_size=5", "dup_ratio=1", "dataset=cifar10_sample"],
+        "at least 5 images",
+    ),
+    "missing dataset offline": (["sweep=none", "dataset=cifar10", "dataset.download=false"], "put cifar-10-batches-py"),
+    "malformed override": (["sweep=none", "iterations=abc"], "iterations='abc' is not valid"),
+    "output outside the results root": (["sweep=none", "hydra.run.dir=../escape"], "lies outside results_root"),
+    "unwritable results folder": (["sweep=none", f"results_root={REPO / 'README.md'}"], "is not writable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path):
+    overrides, expected = BAD_INPUT[case]
+    args = [sys.executable, "-m", "bench.run", "quiet=true", "iterations=2"]
+    if not any(o.startswith("results_root=") for o in overrides):
+        args.append(f"results_root={tmp_path}")
+    done = subprocess.run([*args, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert expected in lines[0]
+
+
+def observation(gradients=None):
+    dataset = load_dataset("cifar10_sample")
+    images, labels = dataset.batch(torch.tensor([0]))
+    model = build_model("lenet", num_classes=10, image_shape=dataset.image_shape, seed=0)
+    obs = client_update(model, images, labels, mean=dataset.mean, std=dataset.std, num_classes=10)
+    if gradients is None:
+        return obs
+    return Observation(obs.model, gradients(obs.gradients), 1, obs.image_shape, 10, obs.mean, obs.std)
+
+
+def test_nan_gradients_are_refused():
+    def poison(grads):
+        return (grads[0] * float("nan"), *grads[1:])
+
+    with pytest.raises(GradientError, match="NaN or inf"):
+        observation(poison)
+
+
+def test_gradients_of_the_wrong_shape_are_refused():
+    with pytest.raises(GradientError, match="do not belong to this model"):
+        observation(lambda grads: (grads[0][:, :2], *grads[1:]))
+    with pytest.raises(GradientError, match="trainable parameters"):
+        observation(lambda grads: grads[:-1])
+
+
+def smoke(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "sweep=smoke",
+        "threads=1",
+        "seeds=2",
+        "quiet=true",
+        f"hydra.sweep.dir={out}",
+        f"results_root={out.parent}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "sweep"
+    done = subprocess.run(smoke(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_corrupt_record_is_set_aside_and_rerun(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    victim = sorted((out / "records").glob("*.json"))[0]
+    expected = comparable(json.loads(victim.read_text()))
+    victim.write_text(victim.read_text()[:40])
+    done = subprocess.run(smoke(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "moved it to" in done.stderr and (out / "records" / "corrupt" / victim.name).exists()
+    assert comparable(json.loads(victim.read_text())) == expected
+
+
+def test_resuming_with_an_incompatible_config_is_refused(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    done = subprocess.run(smoke(out, "model=lenet"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "holds an experiment with different model" in done.stderr
+
+
+def test_repeated_sigkill_then_resume_loses_nothing(finished, tmp_path):
+    out = tmp_path / "killed"
+    chance = random.Random(7)
+    for _ in range(10):
+        process = subprocess.Popen(smoke(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chance.uniform(0.5, 6.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done = subprocess.run(smoke(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert records(out) == records(finished)
+    assert not list((out / "records").glob(".*.tmp"))
+
+
+def test_ctrl_c_keeps_records_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(smoke(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume with the same command" in stderr and f"hydra.sweep.dir={out}" in stderr
+    for path in (out / "records").glob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_same_config_and_seed_are_bit_identical(tmp_path, run_cli):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        done = run_cli("sweep=none", "method=idlg", "batch_size=2", "iterations=3", "threads=1", f"hydra.run.dir={out}")
+        assert done.returncode == 0, done.stderr
+    first, second = (records(out) for out in outs)
+    assert first == second
+    (key,) = first
+    for name in (f"{key}-reconstruction.png", f"{key}-truth.png"):
+        assert (outs[0] / "strips" / name).read_bytes() == (outs[1] / "strips" / name).read_bytes()
+    record = first[key]
+    assert record["seed"] == 0 and record["versions"]["torch"] and record["device"]
+    assert {"config", "git_commit"} <= set(record)
+
+
+def test_no_unsafe_loading_or_shell_in_the_code():
+    sources = [p for folder in ("bench", "methods") for p in (REPO / folder).rglob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        assert "import pickle" not in text and "shell=True" not in text and "os.system(" not in text, path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
