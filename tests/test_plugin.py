@@ -1,47 +1,28 @@
-"""A method added from outside the package, in one file, runs through python -m bench.run."""
+"""The worked example of docs/adding_a_method.md, run from outside the package through python -m bench.run."""
 
 import json
-import textwrap
+import re
 
-PLUGIN = textwrap.dedent(
-    '''
-    from dataclasses import dataclass
-    from typing import ClassVar
-
-    import torch
-
-    from methods import Reconstruction, register_method
-    from methods.labels import infer_labels
+from tests.conftest import REPO
 
 
-    @register_method()
-    @dataclass
-    class MeanImage:
-        """Guesses the data mean for every image: a floor that any real attack should beat."""
-
-        name: ClassVar[str] = "mean_image"
-        paper: ClassVar[str] = "none: a baseline"
-        iterations: int = 1
-
-        def reconstruct(self, observation, *, generator, callback=None, callback_every=0, progress=False):
-            shape = (observation.batch_size, *observation.image_shape)
-            images = torch.tensor(observation.mean, device=observation.device).view(1, -1, 1, 1).expand(shape)
-            labels = infer_labels("count", observation)
-            return Reconstruction(images=images.clone(), labels=labels)
-    '''
-)
+def example_source() -> str:
+    text = (REPO / "docs" / "adding_a_method.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_external_method_runs_through_the_cli(run_cli, tmp_path):
-    plugin = tmp_path / "mean_image.py"
-    plugin.write_text(PLUGIN)
+def test_external_method_from_the_docs_runs_through_the_cli(run_cli, tmp_path):
+    plugin = tmp_path / "my_attack.py"
+    plugin.write_text(example_source())
     out = tmp_path / "plugin-run"
     done = run_cli(
         f"plugins=[{plugin}]",
         "method=external",
-        "method.name=mean_image",
+        "method.name=cosine_tv",
+        "+method.params.tv_weight=0.02",
         "sweep=none",
         "batch_size=2",
+        "iterations=30",
         "dataset=cifar10_sample",
         "model=lenet",
         f"hydra.run.dir={out}",
@@ -49,5 +30,16 @@ def test_external_method_runs_through_the_cli(run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     (path,) = (out / "records").glob("*.json")
     record = json.loads(path.read_text())
-    assert record["status"] == "ok" and record["method"] == "mean_image"
-    assert 5 < record["psnr"] < 30
+    assert record["status"] == "ok" and record["method"] == "cosine_tv" and record["iterations"] == 30
+    assert record["config"]["method"]["tv_weight"] == 0.02
+    assert record["label_accuracy"] == 1.0 and record["psnr"] > 8
+
+
+def test_an_option_the_method_lacks_is_a_one_line_error(run_cli, tmp_path):
+    plugin = tmp_path / "my_attack.py"
+    plugin.write_text(example_source())
+    done = run_cli(
+        f"plugins=[{plugin}]", "method=external", "method.name=cosine_tv", "sweep=none", "+method.params.nope=1"
+    )
+    assert done.returncode == 2
+    assert "has no option nope" in done.stderr and "tv_weight" in done.stderr

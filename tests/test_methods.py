@@ -1,0 +1,41 @@
+"""Every registered method runs a few iterations on the embedded sample and honours the contract."""
+
+import pytest
+import torch
+
+from bench.client import client_update
+from bench.data import load_dataset
+from bench.models import build_model
+from methods import get_method, get_method_class, list_methods
+
+
+@pytest.fixture(scope="module")
+def observation():
+    dataset = load_dataset("crops")
+    indices = torch.tensor([0, 1, 64, 65])  # two photos, two crops each: duplicate labels
+    images, labels = dataset.batch(indices)
+    model = build_model("convnet", num_classes=dataset.num_classes, image_shape=dataset.image_shape, seed=0)
+    return client_update(model, images, labels, mean=dataset.mean, std=dataset.std, num_classes=dataset.num_classes)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_honours_the_contract(name, observation):
+    calls = []
+    attack = get_method(name, iterations=2)
+    result = attack.reconstruct(
+        observation,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda it, seconds, images: calls.append((it, images.shape)),
+        callback_every=1,
+    )
+    assert result.images.shape == (observation.batch_size, *observation.image_shape)
+    assert result.images.min() >= 0 and result.images.max() <= 1 and torch.isfinite(result.images).all()
+    assert result.labels.shape == (observation.batch_size,) and result.labels.dtype == torch.long
+    assert result.trace and all(b.seconds >= a.seconds for a, b in zip(result.trace, result.trace[1:]))
+    assert calls and calls[-1][1] == result.images.shape
+    assert get_method_class(name).paper
+
+
+def test_unknown_method_lists_the_registered_names():
+    with pytest.raises(KeyError, match="registered methods: .*idlg"):
+        get_method("nope")
