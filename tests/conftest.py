@@ -20,3 +20,22 @@ def run_cli(tmp_path):
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+SMOKE = ("sweep=smoke", "threads=1", "quiet=true")
+
+
+def smoke_command(out: Path, *extra: str) -> list[str]:
+    """The smoke sweep (dlg, idlg; B in {1, 2}; one seed) into ``out``."""
+    return [sys.executable, "-m", "bench.run", *SMOKE, f"hydra.sweep.dir={out}", f"results_root={out.parent}", *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory) -> Path:
+    """One real smoke sweep per test session, shared read-only: copy it before changing anything."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("smoke") / "sweep"
+    done = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return out

@@ -32,15 +32,19 @@ def test_one_trial(run_cli, tmp_path):
     assert "PSNR" in done.stdout and str(out) in done.stdout
 
 
-def test_smoke_sweep_and_resume(run_cli, tmp_path):
-    out = tmp_path / "smoke"
-    first = run_cli("sweep=smoke", f"hydra.sweep.dir={out}")
-    assert first.returncode == 0, first.stderr
-    got = records(out)
+def test_smoke_sweep_and_resume(smoke_results, tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO, smoke_command
+
+    got = records(smoke_results)
     assert len(got) == 4 and {r["status"] for r in got} == {"ok"}
-    summary = pd.read_csv(out / "summary.csv")
+    summary = pd.read_csv(smoke_results / "summary.csv")
     assert set(summary.method) == {"dlg", "idlg"} and (summary.n_ok == 1).all()
-    again = run_cli("sweep=smoke", f"hydra.sweep.dir={out}")
+    out = tmp_path / "sweep"
+    shutil.copytree(smoke_results, out)
+    again = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already done") == 4
     assert records(out) == got

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from bench.client import client_update
 from bench.data import load_dataset
 from bench.models import build_model
 from methods.base import GradientError, Observation
-from tests.conftest import REPO
+from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import comparable, records
 
 BAD_INPUT = {
@@ -78,27 +77,12 @@ def test_gradients_of_the_wrong_shape_are_refused():
         observation(lambda grads: grads[:-1])
 
 
-def smoke(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.run",
-        "sweep=smoke",
-        "threads=1",
-        "seeds=2",
-        "quiet=true",
-        f"hydra.sweep.dir={out}",
-        f"results_root={out.parent}",
-        *extra,
-    ]
+smoke = smoke_command
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished") / "sweep"
-    done = subprocess.run(smoke(out), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return out
+def finished(smoke_results):
+    return smoke_results
 
 
 def test_corrupt_record_is_set_aside_and_rerun(finished, tmp_path):

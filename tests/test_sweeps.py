@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SMOKE
 
 # Fields that legitimately differ between two runs of the same trial: wall-clock timings.
 TIMING = {"created", "trial_seconds", "attack_seconds", "seconds_per_iteration", "resumed"}
@@ -29,25 +29,13 @@ def records(folder: Path) -> dict[str, dict]:
     return {p.stem: comparable(json.loads(p.read_text())) for p in sorted((folder / "records").glob("*.json"))}
 
 
-SMOKE = ("sweep=smoke", "threads=1", "seeds=2")
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", *SMOKE, "quiet=true", f"hydra.sweep.dir={out}", f"results_root={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return records(out)
+def reference(smoke_results):
+    return records(smoke_results)
 
 
 def test_reference_sweep_is_complete(reference):
-    assert len(reference) == 8 and all(r["status"] == "ok" for r in reference.values())
+    assert len(reference) == 4 and all(r["status"] == "ok" for r in reference.values())
 
 
 def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference):
@@ -68,7 +56,7 @@ def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     partial = len(list((out / "records").glob("*.json")))
-    assert 3 <= partial < 8
+    assert 2 <= partial < 4
     resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("already done") == partial
@@ -85,7 +73,7 @@ def test_joblib_launcher_gives_the_same_records(run_cli, tmp_path, reference):
 
 def test_diverging_trials_are_recorded_as_failed_and_the_sweep_completes(run_cli, tmp_path):
     out = tmp_path / "diverge"
-    done = run_cli("sweep=smoke", "method.params.lr=1e30", f"hydra.sweep.dir={out}")
+    done = run_cli("sweep=smoke", "method.params.lr=1e30", "iterations=2", f"hydra.sweep.dir={out}")
     assert done.returncode == 0, done.stderr
     got = list(records(out).values())
     assert len(got) == 4 and all(r["status"] == "failed" for r in got)
