@@ -28,7 +28,17 @@ if TYPE_CHECKING:  # matplotlib is imported lazily: the tables must not pay for 
     from matplotlib.figure import Figure
 
 METRICS = ("psnr", "ssim", "lpips", "label_accuracy", "attack_seconds", "seconds_per_iteration")
-AXES = ("dataset", "model", "model_state", "profile", "labels_known", "client_mode", "batch_size", "dup_ratio")
+AXES = (
+    "variant",
+    "dataset",
+    "model",
+    "model_state",
+    "profile",
+    "labels_known",
+    "client_mode",
+    "batch_size",
+    "dup_ratio",
+)
 GROUP = ("method", *AXES)
 ALWAYS = ("method", "batch_size", "dup_ratio")  # grouping columns shown even when they do not vary
 TRIAL_COLUMNS = (
@@ -61,6 +71,7 @@ METRIC_INFO: dict[str, tuple[str, str, int | None]] = {
 DISPLAY_SCALE = {"seconds_per_iteration": 1000.0}
 AXIS_LABELS = {
     "method": ("method", "Method"),
+    "variant": ("variant", "Variant"),
     "dataset": ("dataset", "Dataset"),
     "model": ("model", "Model"),
     "model_state": ("model state", "State"),
@@ -246,7 +257,7 @@ def latex_escape(text: Any) -> str:
 
 def _trial_row(record: Mapping[str, Any]) -> dict[str, Any]:
     config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
-    row = {column: record.get(column) for column in TRIAL_COLUMNS}
+    row = {column: record.get(column) for column in TRIAL_COLUMNS if column != "variant"}
     if row["client_mode"] is None:  # the record keeps it only inside its config
         row["client_mode"] = config.get("client_mode")
     for column in (*METRICS, "trial_seconds"):
@@ -254,9 +265,32 @@ def _trial_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _method_options(record: Mapping[str, Any]) -> dict[str, Any]:
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    options = config.get("method") if isinstance(config.get("method"), Mapping) else {}
+    return {k: v for k, v in options.items() if k not in ("name", "iterations")}
+
+
+def _variants(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per record, the method options that differ between records of the same method (e.g. an ablation)."""
+    by_method: dict[Any, list[dict[str, Any]]] = {}
+    options = [_method_options(r) for r in records]
+    for record, option in zip(records, options, strict=True):
+        by_method.setdefault(record.get("method"), []).append(option)
+    varying = {
+        method: sorted(k for k in {k for o in found for k in o} if len({repr(o.get(k)) for o in found}) > 1)
+        for method, found in by_method.items()
+    }
+    return [
+        ", ".join(f"{k}={option.get(k)}" for k in varying[record.get("method")])
+        for record, option in zip(records, options, strict=True)
+    ]
+
+
 def _trials_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    variants = _variants(records)
     rows = sorted(
-        (_trial_row(r) for r in records),
+        (_trial_row(r) | {"variant": v} for r, v in zip(records, variants, strict=True)),
         key=lambda row: tuple(_rank(c, _norm(row[c])) for c in (*AXES, "method", "seed")),
     )
     numeric = {*METRICS, "trial_seconds"}
@@ -848,7 +882,7 @@ def report_markdown(
 ) -> str:
     counts = {s: int((trials.status == s).sum()) for s in STATUSES}
     other = len(trials) - sum(counts.values())
-    fixed = [c for c in AXES if len({_norm(v) for v in trials[c]}) <= 1]
+    fixed = [c for c in AXES if c != "variant" and len({_norm(v) for v in trials[c]}) <= 1]
     fixed_text = ", ".join(f"{AXIS_LABELS[c][0]} {_fmt_value(trials[c].iloc[0])}" for c in fixed) if len(trials) else ""
     parts = [
         f"# gia-bench report: {out_dir.resolve().name}\n",
@@ -886,11 +920,48 @@ def _write(path: Path, text: str) -> None:
     path.chmod(0o644)  # the temporary file behind the atomic write is private (0600); reports are for sharing
 
 
+def label_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Label accuracy (mean over seeds): one row per (B, r) cell, one column per strategy and model state.
+
+    A cell reads "skipped" when the data cannot supply it or the strategy does not apply there.
+    """
+    rows: dict[tuple, dict[str, Any]] = {}
+    columns: set[tuple[str, str]] = set()
+    for (state, method, batch, ratio), group in trials.groupby(
+        ["model_state", "method", "batch_size", "dup_ratio"], dropna=False, sort=False
+    ):
+        ok = group[group.status == "ok"]
+        if len(ok):
+            value = f"{ok.label_accuracy.mean():.3f}"
+        else:
+            value = "skipped" if (group.status == "skipped").all() else "failed"
+        column = (str(state), str(method))
+        columns.add(column)
+        rows.setdefault((batch, _number(ratio)), {"B": batch, "r": _fmt_value(ratio)})[f"{method} ({state})"] = value
+    ordered = [f"{method} ({state})" for state, method in sorted(columns, key=lambda c: (c[0] != "untrained", c))]
+    table = [rows[key] for key in sorted(rows)]
+    return pd.DataFrame(table, columns=["B", "r", *ordered]).fillna("")
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False, name=None)]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out_dir: Path | str) -> str:
     """Write the tables, figures and report.md for ``out_dir`` and return the Markdown summary."""
     out_dir = Path(out_dir)
     records = load_records(out_dir)
     trials = _trials_frame(records)
+    if records and all(r.get("task") == "labels" for r in records):
+        # a label-recovery sweep: no images, so the table of interest is strategy x (B, r)
+        labels = label_table(trials)
+        _write(out_dir / "trials.csv", trials.to_csv(index=False))
+        _write(out_dir / "labels.csv", labels.to_csv(index=False))
+        text = _markdown_table(labels)
+        _write(out_dir / "labels.md", text)
+        return text
     _write(out_dir / "trials.csv", trials.to_csv(index=False))
     summary = summary_table(trials)
     _write(out_dir / "summary.csv", summary.to_csv(index=False))
