@@ -1,6 +1,6 @@
 """Gradient inversion attacks. Importing this package registers every built-in method."""
 
-from methods import dlg, idlg  # noqa: F401  (imported for their registration)
+from methods import afgi, dlg, gradinversion, idlg, ig, lrb  # noqa: F401  (imported for their registration)
 from methods.base import (
     Attack,
     Observation,

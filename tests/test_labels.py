@@ -24,7 +24,7 @@ from methods.labels import (
 from methods.optimise import model_gradients
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "cifar10"
-STRATEGIES = ["analytic", "count", "idlg", "ilrg", "llg", "yin"]
+STRATEGIES = ["analytic", "count", "idlg", "ilrg", "llg", "lrb", "yin"]
 BATCH_STRATEGIES = [s for s in STRATEGIES if s != "idlg"]
 
 
