@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# One thread, as the runner's default: two threads on a busy 2-core machine can be ten times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
