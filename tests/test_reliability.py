@@ -19,10 +19,10 @@ from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import comparable, records
 
 BAD_INPUT = {
-    "unknown method": (["method=nope"], "unknown method 'nope'; available: dlg"),
+    "unknown method": (["method=nope"], "unknown method 'nope'; available: afgi, dlg"),
     "unknown dataset": (["dataset=nope"], "unknown dataset 'nope'; available: cifar10"),
     "unknown model": (["model=nope"], "unknown model 'nope'; available: convnet"),
-    "unknown sweep": (["sweep=nope"], "unknown sweep 'nope'; available: batchsize"),
+    "unknown sweep": (["sweep=nope"], "unknown sweep 'nope'; available: afgi_ablation, batchsize"),
     "unknown label strategy": (["sweep=none", "task=labels", "label_strategy=nope"], "available: analytic"),
     "batch size zero": (["sweep=none", "batch_size=0"], "batch_size must be an integer >= 1"),
     "batch size not an integer": (["sweep=none", "batch_size=1.5"], "batch_size must be an integer"),
