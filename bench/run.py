@@ -41,6 +41,7 @@ from bench.errors import InfeasibleBatchError, UserError
 from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
 from bench.models import prepare_model
 from bench.sampler import min_feasible_dup_ratio, sample_batch
+from bench.system import tune_malloc
 from methods.base import NotApplicableError
 from methods.labels import infer_labels, list_label_strategies
 
@@ -426,6 +427,7 @@ def sweep_size() -> int | None:
 
 @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
+    tune_malloc()
     try:
         if cfg.threads is not None:
             torch.set_num_threads(int(cfg.threads))

@@ -1,0 +1,26 @@
+"""Process-level settings that make attack loops fast."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def tune_malloc() -> bool:
+    """Stop glibc from returning freed memory to the OS after every iteration (Linux/glibc only).
+
+    By default glibc serves large blocks with mmap and trims the heap top on free, so every iteration of a
+    double-backward loop page-faults its big temporaries in again. Serving them from the heap and never
+    trimming keeps the memory mapped: 16-73% faster per iteration in docs/performance.md, peak memory
+    unchanged. glibc still falls back to mmap when the heap cannot grow, so no allocation can fail by it.
+    Returns whether the setting took (False on other platforms or C libraries, where nothing changes).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): the default allocator stays, which is only slower
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
