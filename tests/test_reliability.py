@@ -159,3 +159,37 @@ def test_no_unsafe_loading_or_shell_in_the_code():
         assert "import pickle" not in text and "shell=True" not in text and "os.system(" not in text, path
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+OUT_OF_MEMORY_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from methods import register_method
+
+
+@register_method()
+@dataclass
+class Greedy:
+    """Stands in for a model too large for the device: the allocation fails the way torch reports it."""
+
+    name: ClassVar[str] = "greedy"
+    paper: ClassVar[str] = "a test double"
+    iterations: int = 1
+
+    def reconstruct(self, observation, *, generator, callback=None, callback_every=0, progress=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+'''
+
+
+def test_out_of_memory_is_a_failed_trial_with_the_reason(run_cli, tmp_path):
+    plugin = tmp_path / "greedy.py"
+    plugin.write_text(OUT_OF_MEMORY_PLUGIN)
+    out = tmp_path / "oom"
+    done = run_cli(f"plugins=[{plugin}]", "method=external", "method.name=greedy", "sweep=none", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr
+    (record,) = records(out).values()
+    assert record["status"] == "failed"
+    assert record["reason"].startswith("out of memory (CUDA out of memory") and "lower batch_size" in record["reason"]
