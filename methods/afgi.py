@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
-from methods.labels import infer_labels
+from methods.labels import labels_for
 from methods.lrb import lrb_labels  # noqa: F401  (registers the ``lrb`` label strategy)
 from methods.matching import MatchingSpec, initial_images, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
@@ -118,9 +118,7 @@ class AFGI:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
 
     def labels(self, observation: Observation) -> Tensor:
-        if observation.labels is not None:
-            return observation.labels
-        return infer_labels("lrb" if self.lrb else self.label_strategy, observation)
+        return labels_for(observation, "lrb" if self.lrb else self.label_strategy)
 
     def prior(self, observation: Observation) -> StagedVME | None:
         """The regulariser of one run, or None when every VME term is switched off."""

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
-from methods.labels import infer_labels
+from methods.labels import labels_for
 from methods.losses import flatten
 from methods.matching import initial_images
 from methods.optimise import OptimiserConfig, ProgressHooks, optimise
@@ -180,9 +180,7 @@ class GradInversion:
                     "gradinversion's BN-statistics prior needs running statistics in every BatchNorm layer, "
                     "but this model's BatchNorm layers were built without them; set bn_weight=0"
                 )
-        labels = (
-            observation.labels if observation.labels is not None else infer_labels(self.label_strategy, observation)
-        )
+        labels = labels_for(observation, self.label_strategy)
 
         groups, batch, shape = self.group_size, observation.batch_size, observation.image_shape
         candidate_labels = labels.expand(groups, batch)

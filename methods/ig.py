@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
-from methods.labels import infer_labels
+from methods.labels import labels_for
 from methods.matching import MatchingSpec, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
 from methods.priors import total_variation
@@ -60,11 +60,7 @@ class InvertingGradients:
         callback_every: int = 0,
         progress: bool = False,
     ) -> Reconstruction:
-        if observation.labels is not None:
-            labels = observation.labels
-        else:
-            strategy = self.label_strategy if observation.batch_size == 1 else self.batch_label_strategy
-            labels = infer_labels(strategy, observation)
+        labels = labels_for(observation, self.label_strategy, self.batch_label_strategy)
         tv_weight = self.tv_weight
         spec = MatchingSpec(
             loss="cosine",

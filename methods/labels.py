@@ -66,6 +66,18 @@ def infer_labels(name: str, observation: Observation) -> Tensor:
     return labels
 
 
+def labels_for(observation: Observation, strategy: str, batch_strategy: str | None = None) -> Tensor:
+    """The labels an attack works with: the given ones in the "labels known" threat model, else inferred.
+
+    ``batch_strategy``, when set, replaces ``strategy`` for B > 1 (for single-sample rules such as ``idlg``).
+    """
+    if observation.labels is not None:
+        return observation.labels
+    if batch_strategy is not None and observation.batch_size > 1:
+        strategy = batch_strategy
+    return infer_labels(strategy, observation)
+
+
 def last_layer_gradients(observation: Observation) -> tuple[Tensor, Tensor]:
     """The classifier's weight gradient (K, F) and bias gradient (K,): the last two exposed gradients."""
     grads = observation.gradients
