@@ -20,95 +20,32 @@ What makes GradInversion itself:
 The candidates are one tensor of shape (G*B, C, H, W). Each candidate's gradient
 (of its own mean cross-entropy over its B images, with its own BatchNorm batch
 statistics in train mode) comes out of one pass of ``torch.func``: ``vmap`` over
-the candidate axis of ``grad`` of a ``functional_call``. Ordinary autograd then
-differentiates the objective through that pass with respect to the images.
+the candidate axis of ``grad`` of a ``functional_call`` (``methods.batched``), which also
+yields each candidate's BatchNorm-statistics prior from the statistics its
+normalisation used. Ordinary autograd then differentiates the objective through
+that pass with respect to the images.
 """
 
 from __future__ import annotations
 
-import copy
-import types
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch import Tensor
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.batched import GroupGradients, batch_norm_layers
 from methods.labels import labels_for
-from methods.losses import flatten
+from methods.losses import EuclideanLoss
 from methods.matching import initial_images
 from methods.optimise import OptimiserConfig, ProgressHooks, optimise
-from methods.priors import BatchNormStatistics, l2_norm, total_variation
+from methods.priors import l2_norm, total_variation
 
 NO_BATCHNORM_MESSAGE = (
     "gradinversion needs a model with BatchNorm layers for its BN-statistics prior; "
     "use model=convnet or model=resnet18, or set bn_weight=0"
 )
-
-
-def _batch_norm_from_primitives(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """BatchNorm's forward written with elementary ops; never writes the running statistics.
-
-    Same normalisation as ``nn.BatchNorm*`` (batch statistics in train mode or without
-    running statistics, running statistics otherwise). We need it because torch.func's
-    batching rule for the fused batch-norm backward gives a wrong *second-order*
-    derivative in train mode under ``vmap`` (pytorch/functorch#534): differentiating
-    vmapped per-candidate gradients with respect to the images would be off by ~1e-3
-    relative. Built from elementary ops, every derivative is exact.
-    """
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    if self.training or self.running_mean is None:
-        dims = [0, *range(2, x.dim())]
-        mean = x.mean(dims, keepdim=True)
-        var = (x - mean).pow(2).mean(dims, keepdim=True)
-    else:
-        mean, var = self.running_mean.view(shape), self.running_var.view(shape)
-    out = (x - mean) * torch.rsqrt(var + self.eps)
-    if self.weight is not None:
-        out = out * self.weight.view(shape) + self.bias.view(shape)
-    return out
-
-
-def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-class CandidateGradients:
-    """Gradients of G candidate batches in one vmapped pass (and, optionally, their BN-statistics losses).
-
-    Works on a private copy of ``model`` whose BatchNorm layers use an elementary-op
-    forward (see ``_batch_norm_from_primitives``); the caller's model is not touched.
-    Call with images (G, B, C, H, W) and labels (G, B); returns one gradient per
-    trainable parameter, in ``model.parameters()`` order, each shaped (G, *param.shape),
-    and the BN-statistics loss of each candidate, shaped (G,) (zeros without a prior).
-    """
-
-    def __init__(self, model: nn.Module, *, bn_prior: bool = False, first_bn_scale: float = 10.0) -> None:
-        self.model = copy.deepcopy(model)
-        for layer in batch_norm_layers(self.model):
-            layer.forward = types.MethodType(_batch_norm_from_primitives, layer)
-        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        self.names = [name for name, _ in trainable]
-        self.params = {name: p.detach() for name, p in trainable}
-        # Inside vmap each call sees one candidate's batch, so groups=1 scores exactly that candidate's statistics.
-        self.bn_statistics = BatchNormStatistics(self.model, first_layer_scale=first_bn_scale) if bn_prior else None
-        self._batched = vmap(grad(self._loss, has_aux=True), in_dims=(None, 0, 0))
-
-    def _loss(self, params: dict[str, Tensor], images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        loss = F.cross_entropy(functional_call(self.model, params, (images,)), labels)
-        prior = self.bn_statistics.collect() if self.bn_statistics is not None else loss.new_zeros(())
-        return loss, prior
-
-    def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        gradients, prior = self._batched(self.params, images, labels)
-        return tuple(gradients[name] for name in self.names), prior
-
-    def close(self) -> None:
-        if self.bn_statistics is not None:
-            self.bn_statistics.close()
 
 
 def group_consistency(candidates: Tensor) -> Tensor:
@@ -183,20 +120,18 @@ class GradInversion:
         labels = labels_for(observation, self.label_strategy)
 
         groups, batch, shape = self.group_size, observation.batch_size, observation.image_shape
-        candidate_labels = labels.expand(groups, batch)
-        target = flatten(observation.gradients).detach()
-        target_energy = target.pow(2).sum().clamp(min=torch.finfo(target.dtype).tiny)
-        gradients = CandidateGradients(
-            observation.model, bn_prior=self.bn_weight > 0, first_bn_scale=self.first_bn_scale
+        distance_to_target = EuclideanLoss(observation.gradients)
+        target_energy = distance_to_target.target_energy.clamp(
+            min=torch.finfo(distance_to_target.target_energy.dtype).tiny
         )
+        gradients = GroupGradients(observation.model, bn_prior=self.bn_weight > 0, first_bn_scale=self.first_bn_scale)
         images = initial_images(observation, "randn", generator, count=groups).requires_grad_(True)
         low, high = observation.input_box()
         last_distance = torch.zeros(groups, device=observation.device)
 
         def distances(candidates: Tensor) -> tuple[Tensor, Tensor]:
-            per_layer, prior = gradients(candidates, candidate_labels)
-            flat = torch.cat([g.reshape(groups, -1) for g in per_layer], dim=1)
-            return (flat - target).pow(2).sum(dim=1) / target_energy, prior
+            per_layer, prior = gradients(candidates, labels)
+            return distance_to_target.per_group(per_layer) / target_energy, prior
 
         def objective() -> Tensor:
             candidates = images.view(groups, batch, *shape)
@@ -231,21 +166,18 @@ class GradInversion:
             warmup=int(self.warmup_fraction * self.iterations),
             noise=self.noise,
         )
-        try:
-            trace = optimise(
-                objective,
-                [images],
-                config,
-                project=project,
-                snapshot=lambda: output_images(int(last_distance.argmin())),
-                hooks=ProgressHooks(callback, callback_every, progress, self.name),
-                generator=generator,
-            )
-            # the last objective was evaluated before the last step (and noise); score the final candidates
-            with torch.no_grad():
-                final_distance, _ = distances(images.detach().view(groups, batch, *shape))
-        finally:
-            gradients.close()
+        trace = optimise(
+            objective,
+            [images],
+            config,
+            project=project,
+            snapshot=lambda: output_images(int(last_distance.argmin())),
+            hooks=ProgressHooks(callback, callback_every, progress, self.name),
+            generator=generator,
+        )
+        # the last objective was evaluated before the last step (and noise); score the final candidates
+        with torch.no_grad():
+            final_distance, _ = distances(images.detach().view(groups, batch, *shape))
         best = int(final_distance.argmin())
         return Reconstruction(
             images=output_images(best),

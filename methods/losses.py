@@ -1,13 +1,17 @@
 """Gradient-matching losses between a dummy batch's gradients and the exposed ones.
 
-Each loss flattens the gradient tuple into one vector once, so the distance is a
-handful of fused ops over all layers rather than a Python loop per layer.
+A loss is called with one gradient per trainable parameter and returns a scalar;
+``per_group`` takes gradients with a leading group axis (G, *param.shape), as
+``methods.batched.GroupGradients`` returns them, and returns one distance per group.
+Neither loops over layers in Python where a fused form exists: the euclidean
+distance is one ``torch._foreach_*`` expression over the layers, the cosine one
+dot product of the concatenated gradient (docs/performance.md measures both forms).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -17,18 +21,35 @@ from methods.base import UnknownNameError
 GradientLossName = Literal["euclidean", "cosine"]
 
 
+class GradientLoss(Protocol):
+    def __call__(self, dummy: Sequence[Tensor]) -> Tensor: ...
+
+    def per_group(self, dummy: Sequence[Tensor]) -> Tensor: ...
+
+
 def flatten(gradients: Sequence[Tensor]) -> Tensor:
     return torch.cat([g.reshape(-1) for g in gradients])
+
+
+def flatten_groups(gradients: Sequence[Tensor]) -> Tensor:
+    """(G, P): each group's gradients concatenated into one row."""
+    return torch.cat([g.reshape(g.shape[0], -1) for g in gradients], dim=1)
 
 
 class EuclideanLoss:
     """Squared L2 distance summed over all layers (Zhu et al. 2019, DLG)."""
 
     def __init__(self, target: Sequence[Tensor]) -> None:
-        self.target = flatten(target).detach()
+        self.layers = [t.detach() for t in target]
+        self.target = flatten(self.layers)
+        self.target_energy = self.target.pow(2).sum()
 
     def __call__(self, dummy: Sequence[Tensor]) -> Tensor:
-        return (flatten(dummy) - self.target).pow(2).sum()
+        # per-layer norms in one foreach call: no concatenated copy of every gradient per evaluation
+        return torch.stack(torch._foreach_norm(torch._foreach_sub(list(dummy), self.layers))).square().sum()
+
+    def per_group(self, dummy: Sequence[Tensor]) -> Tensor:
+        return (flatten_groups(dummy) - self.target).pow(2).sum(dim=1)
 
 
 class CosineLoss:
@@ -42,14 +63,18 @@ class CosineLoss:
         flat = flatten(dummy)
         return 1 - (flat @ self.target) / (flat.norm() * self.target_norm + 1e-12)
 
+    def per_group(self, dummy: Sequence[Tensor]) -> Tensor:
+        flat = flatten_groups(dummy)
+        return 1 - (flat @ self.target) / (flat.norm(dim=1) * self.target_norm + 1e-12)
 
-GRADIENT_LOSSES: dict[str, Callable[[Sequence[Tensor]], Callable[[Sequence[Tensor]], Tensor]]] = {
+
+GRADIENT_LOSSES: dict[str, Callable[[Sequence[Tensor]], GradientLoss]] = {
     "euclidean": EuclideanLoss,
     "cosine": CosineLoss,
 }
 
 
-def build_gradient_loss(name: str, target: Sequence[Tensor]) -> Callable[[Sequence[Tensor]], Tensor]:
+def build_gradient_loss(name: str, target: Sequence[Tensor]) -> GradientLoss:
     try:
         return GRADIENT_LOSSES[name](target)
     except KeyError:
