@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from methods.base import Observation, TracePoint
-from methods.losses import build_gradient_loss
+from methods.batched import GroupGradients
+from methods.losses import GradientLoss, build_gradient_loss
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
 
 ImagePrior = Callable[[Tensor], Tensor]
@@ -28,6 +29,9 @@ class MatchingSpec:
     init: Literal["randn", "rand"] = "randn"
     clamp: bool = False
     restarts: int = 1
+    # run the restarts as one (R*B, C, H, W) tensor, every restart's gradient from one vmapped pass
+    # (methods.batched); needs an elementwise optimiser (Adam), a functional prior and no forward_terms
+    batch_restarts: bool = False
     prior: ImagePrior | None = None
     # extra objective terms that need the forward pass (e.g. BN statistics); called after each forward
     forward_terms: tuple[Callable[[], Tensor], ...] = field(default_factory=tuple)
@@ -63,9 +67,24 @@ def invert(
     """Optimise dummy images whose gradient (with ``labels``) matches the observation's.
 
     With ``restarts`` > 1 the optimisation is repeated from fresh random images and
-    the result with the lowest final objective is kept (Geiping et al. 2020).
+    the result with the lowest final objective is kept (Geiping et al. 2020). With
+    ``batch_restarts`` they run side by side as one tensor (see ``_invert_batched``);
+    otherwise one after another, the trace continuing across restarts.
     """
     gradient_loss = build_gradient_loss(spec.loss, observation.gradients)
+    if spec.batch_restarts and spec.restarts > 1:
+        problem = (
+            "an elementwise optimiser (adam); L-BFGS's line search would couple the restarts"
+            if spec.optimiser.optimiser != "adam"
+            else "a spec without forward_terms"
+            if spec.forward_terms
+            else "random starts, not a given start"
+            if start is not None
+            else None
+        )
+        if problem:
+            raise ValueError(f"batch_restarts needs {problem}; set batch_restarts=False")
+        return _invert_batched(observation, labels, spec, gradient_loss, generator=generator, hooks=hooks)
     low, high = observation.input_box()
     best: MatchingResult | None = None
     trace_so_far: list[TracePoint] = []  # restarts continue one trace, so iterations and seconds keep counting up
@@ -105,3 +124,59 @@ def invert(
             best = MatchingResult(images.detach(), trace_so_far, trace[-1].objective)
     assert best is not None
     return best
+
+
+def _invert_batched(
+    observation: Observation,
+    labels: Tensor,
+    spec: MatchingSpec,
+    gradient_loss: GradientLoss,
+    *,
+    generator: torch.Generator,
+    hooks: ProgressHooks | None,
+) -> MatchingResult:
+    """All restarts as one (R*B, C, H, W) variable; the objective is the sum of the R restarts' objectives.
+
+    Each restart's gradient comes from its own B images (one vmapped pass), and Adam, the
+    signed gradient and the clamp act elementwise, so this is R independent runs of the
+    sequential loop, with the same random starts drawn in the same order; only the float
+    summation order differs. The trace records, per iteration, the objective of the restart
+    that is finally kept; the progress callback sees the restart that is currently best.
+    """
+    restarts, batch, shape = spec.restarts, observation.batch_size, observation.image_shape
+    images = torch.cat([initial_images(observation, spec.init, generator) for _ in range(restarts)])
+    images.requires_grad_(True)
+    low, high = observation.input_box()
+    gradients = GroupGradients(observation.model)
+    per_restart_prior = torch.func.vmap(spec.prior) if spec.prior is not None else None
+    history: list[Tensor] = []
+
+    def objective() -> Tensor:
+        stacked = images.view(restarts, batch, *shape)
+        values = gradient_loss.per_group(gradients(stacked, labels)[0])
+        if per_restart_prior is not None:
+            values = values + per_restart_prior(stacked)
+        history.append(values.detach())
+        return values.sum()
+
+    def project() -> None:
+        images.copy_(torch.max(torch.min(images, high), low))
+
+    def snapshot() -> Tensor:
+        best_now = int(history[-1].argmin())
+        return observation.denormalise(images.detach().view(restarts, batch, *shape)[best_now]).clamp(0, 1)
+
+    trace = optimise(
+        objective,
+        [images],
+        spec.optimiser,
+        project=project if spec.clamp else None,
+        snapshot=snapshot,
+        hooks=hooks,
+        generator=generator,
+    )
+    per_iteration = torch.stack(history).tolist()  # (iterations, R), one transfer at the end
+    best = min(range(restarts), key=lambda r: per_iteration[-1][r])
+    trace = [TracePoint(p.iteration, p.seconds, values[best]) for p, values in zip(trace, per_iteration, strict=True)]
+    chosen = images.detach().view(restarts, batch, *shape)[best].clone()
+    return MatchingResult(chosen, trace, trace[-1].objective)

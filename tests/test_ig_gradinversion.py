@@ -10,7 +10,8 @@ from bench.data import load_dataset
 from bench.metrics import match, psnr
 from bench.models import build_model, prepare_model
 from methods import get_method
-from methods.gradinversion import NO_BATCHNORM_MESSAGE, CandidateGradients
+from methods.batched import GroupGradients
+from methods.gradinversion import NO_BATCHNORM_MESSAGE
 from methods.optimise import model_gradients
 from methods.priors import BatchNormStatistics
 
@@ -59,12 +60,9 @@ def test_batched_candidate_gradients_equal_the_one_by_one_gradients(crops):
     images = torch.randn(
         groups * batch, *observation.image_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )
-    candidate_labels = labels.expand(groups, batch)
 
     batched = images.clone().requires_grad_(True)
-    gradients, bn_losses = CandidateGradients(model, bn_prior=True)(
-        batched.view(groups, batch, *images.shape[1:]), candidate_labels
-    )
+    gradients, bn_losses = GroupGradients(model, bn_prior=True)(batched.view(groups, batch, *images.shape[1:]), labels)
     (sum(g.pow(2).sum() for g in gradients) + bn_losses.sum()).backward()
 
     statistics = BatchNormStatistics(model)
@@ -155,3 +153,52 @@ def test_gradinversion_returns_b_images_from_g_candidates(crops):
     assert result.extras["candidates"].shape == (3, *images.shape)
     assert sorted(result.labels.tolist()) == sorted(labels.tolist())
     assert len(match(result.images, images)) == 2
+
+
+def test_batched_restarts_are_the_sequential_restarts_side_by_side(crops):
+    # float64 so that the two summation orders agree to rounding; signed Adam amplifies float32 rounding
+    iterations, restarts = 20, 3
+    images, labels = crops.batch(torch.tensor([0, 8]))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = convnet(crops)
+        observation = client_update(
+            model,
+            images.double(),
+            labels,
+            mean=crops.mean,
+            std=crops.std,
+            num_classes=crops.num_classes,
+            labels_known=True,
+        )
+        results = {
+            batched: get_method("ig", iterations=iterations, restarts=restarts, batch_restarts=batched).reconstruct(
+                observation, generator=torch.Generator().manual_seed(0)
+            )
+            for batched in (False, True)
+        }
+    finally:
+        torch.set_default_dtype(default)
+    sequential, batched = results[False], results[True]
+    assert len(sequential.trace) == restarts * iterations and len(batched.trace) == iterations
+    finals = [sequential.trace[(r + 1) * iterations - 1].objective for r in range(restarts)]
+    kept = min(range(restarts), key=finals.__getitem__)
+    assert len(set(finals)) == restarts  # the restarts really start from different images
+    kept_trace = sequential.trace[kept * iterations : (kept + 1) * iterations]
+    for ours, theirs in zip(batched.trace, kept_trace, strict=True):
+        assert ours.objective == pytest.approx(theirs.objective, rel=1e-10)
+    torch.testing.assert_close(batched.images, sequential.images, rtol=0, atol=1e-9)
+    assert batched.extras["objective"] == pytest.approx(sequential.extras["objective"], rel=1e-10)
+
+
+def test_batched_restarts_refuse_an_optimiser_that_would_couple_them(crops):
+    from methods.matching import MatchingSpec, invert
+    from methods.optimise import OptimiserConfig
+
+    observation, _, labels = observe(crops, [0], convnet(crops), labels_known=True)
+    spec = MatchingSpec(
+        loss="euclidean", optimiser=OptimiserConfig(optimiser="lbfgs", iterations=2), restarts=2, batch_restarts=True
+    )
+    with pytest.raises(ValueError, match="batch_restarts needs an elementwise optimiser"):
+        invert(observation, labels, spec, generator=torch.Generator().manual_seed(0))
