@@ -830,7 +830,11 @@ def floor_afgi(observation: Any, attack: Any, iterations: int, *, seed: int = SE
 
 # the floor written with the shared code's implementation choices, to split ours - floor into
 # loop machinery (ours vs mirror) and implementation choices (mirror vs floor)
-MIRRORS: dict[str, dict[str, str]] = {"gradinversion": {"form": "cat", "bn_stats": "recompute"}}
+MIRRORS: dict[str, dict[str, str]] = {
+    "dlg": {"form": "layers"},
+    "idlg": {"form": "layers"},
+    "gradinversion": {"form": "cat", "bn_stats": "reuse"},
+}
 
 FLOORS: dict[str, Callable[..., RunResult]] = {
     "dlg": floor_dlg,
@@ -1286,20 +1290,26 @@ def exp_candidates(args: argparse.Namespace, model: str, batch_size: int, groups
 
 
 def exp_restarts(args: argparse.Namespace, model: str, batch_size: int, restarts: int = 4) -> dict[str, Any]:
-    """IG restarts: matching.invert's sequential loop (ours) vs one vmapped (R, B, C, H, W) tensor."""
+    """IG restarts through our code: one after another (``batch_restarts=False``) vs side by side as one
+    (R*B, C, H, W) tensor (the default), and the batched version against its hand-written floor."""
     observation, attack = _setup("ig", model, batch_size, args, restarts=restarts)
 
-    def sequential(iterations: int) -> RunResult:
-        result = run_ours(dataclasses.replace(attack, iterations=iterations), observation)
-        # per-iteration of the whole R-restart optimisation, so both sides count the same work
+    def ours(iterations: int, batched: bool) -> RunResult:
+        result = run_ours(dataclasses.replace(attack, iterations=iterations, batch_restarts=batched), observation)
+        if batched:
+            return result
+        # per iteration of the whole R-restart optimisation, so both sides count the same work
         return dataclasses.replace(result, seconds_per_iteration=result.seconds_per_iteration * restarts)
 
-    n = _iterations_for(sequential, args)
-    ab = _ab(lambda: sequential(n), lambda: floor_ig_batched(observation, attack, n, restarts), args.repeats)
+    n = _iterations_for(lambda k: ours(k, False), args)
+    ab = _ab(lambda: ours(n, False), lambda: ours(n, True), args.repeats)
     results = ab.pop("results")
-    seq, bat = results["a"].objectives, results["b"].extra["per_restart"]
-    first = [_relative(seq[r * n], bat[r][0]) for r in range(restarts)]
-    last = [_relative(seq[r * n + n - 1], bat[r][n - 1]) for r in range(restarts)]
+    floor = _ab(lambda: floor_ig_batched(observation, attack, n, restarts), lambda: ours(n, True), args.repeats)
+    floor_results = floor.pop("results")
+    sequential, batched = results["a"].objectives, results["b"].objectives
+    finals = [sequential[r * n + n - 1] for r in range(restarts)]
+    kept = min(range(restarts), key=finals.__getitem__)
+    per_restart = floor_results["a"].extra["per_restart"]
     return {
         "model": model,
         "batch_size": batch_size,
@@ -1308,8 +1318,12 @@ def exp_restarts(args: argparse.Namespace, model: str, batch_size: int, restarts
         "sequential_s_per_iter": ab["a_s_per_iter"],
         "batched_s_per_iter": ab["b_s_per_iter"],
         "batched_over_sequential": ab["b_over_a"],
-        "first_objective_max_rel_diff": max(first),
-        "last_objective_max_rel_diff": max(last),
+        "floor_batched_s_per_iter": floor["a_s_per_iter"],
+        "batched_overhead_pct": 100 * (floor["b_over_a"] - 1),
+        # float32: the first iteration agrees to rounding; signed Adam then lets the runs drift apart slowly
+        "first_objective_rel_diff": _relative(batched[0], sequential[kept * n]),
+        "last_objective_rel_diff": _relative(batched[-1], finals[kept]),
+        "floor_first_objective_min_rel_diff": min(_relative(batched[0], row[0]) for row in per_restart),
         "pairs": ab["pairs"],
     }
 
@@ -1694,11 +1708,12 @@ def check_targets(report: dict[str, Any], args: argparse.Namespace) -> dict[str,
     ]
     targets["overhead_le_3pct"] = {"met": bool(measured) and not over, "cells": len(measured), "above": over}
     progress = [s["pct"]["progress_scoring"] for s in report["trial_shares"]]
-    targets["progress_scoring_le_2pct"] = {
-        "met": bool(progress) and max(progress) <= 2,
-        "max_pct": max(progress) if progress else None,
-        "score_every": args.score_every,
-    }
+    if progress:
+        targets["progress_scoring_le_2pct"] = {
+            "met": max(progress) <= 2,
+            "max_pct": max(progress),
+            "score_every": args.score_every,
+        }
     candidates = report["experiments"].get("candidates", [])
     if candidates:
         targets["gradinversion_candidates_cheaper_than_separate_runs"] = {
@@ -1708,8 +1723,8 @@ def check_targets(report: dict[str, Any], args: argparse.Namespace) -> dict[str,
     restarts = report["experiments"].get("restarts", [])
     if restarts:
         targets["ig_restarts_batched"] = {
-            "met": False,
-            "note": "matching.invert runs restarts sequentially; batched_over_sequential < 1 means vmap would help",
+            "met": all(e["batched_over_sequential"] < 1 for e in restarts),
+            "note": "IG's R restarts as one tensor vs one after another, both through matching.invert",
             "batched_over_sequential": {
                 f"{e['model']}/B={e['batch_size']}": e["batched_over_sequential"] for e in restarts
             },
