@@ -1290,17 +1290,21 @@ def exp_candidates(args: argparse.Namespace, model: str, batch_size: int, groups
 
 
 def exp_restarts(args: argparse.Namespace, model: str, batch_size: int, restarts: int = 4) -> dict[str, Any]:
-    """IG restarts through our code: one after another (``batch_restarts=False``) vs side by side as one
+    """IG restarts through our code: one after another (``batch_restarts_up_to=0``) vs side by side as one
     (R*B, C, H, W) tensor (the default), and the batched version against its hand-written floor."""
     observation, attack = _setup("ig", model, batch_size, args, restarts=restarts)
 
     def ours(iterations: int, batched: bool) -> RunResult:
-        result = run_ours(dataclasses.replace(attack, iterations=iterations, batch_restarts=batched), observation)
+        up_to = batch_size if batched else 0  # whatever the method's own rule would pick at this batch size
+        result = run_ours(dataclasses.replace(attack, iterations=iterations, batch_restarts_up_to=up_to), observation)
         if batched:
             return result
         # per iteration of the whole R-restart optimisation, so both sides count the same work
         return dataclasses.replace(result, seconds_per_iteration=result.seconds_per_iteration * restarts)
 
+    # first thing in this process, so that no heap kept from earlier runs hides the batched run's growth
+    with PeakMemory(observation.device) as memory:
+        ours(1, True)
     n = _iterations_for(lambda k: ours(k, False), args)
     ab = _ab(lambda: ours(n, False), lambda: ours(n, True), args.repeats)
     results = ab.pop("results")
@@ -1324,6 +1328,8 @@ def exp_restarts(args: argparse.Namespace, model: str, batch_size: int, restarts
         "first_objective_rel_diff": _relative(batched[0], sequential[kept * n]),
         "last_objective_rel_diff": _relative(batched[-1], finals[kept]),
         "floor_first_objective_min_rel_diff": min(_relative(batched[0], row[0]) for row in per_restart),
+        "batched_memory": memory.result,
+        "default_mode": "batched" if batch_size <= method_class("ig").batch_restarts_up_to else "sequential",
         "pairs": ab["pairs"],
     }
 
@@ -1524,8 +1530,9 @@ def experiment_plan(args: argparse.Namespace) -> list[tuple[str, Callable[..., d
         for model, batch_size in (("convnet", 1), ("convnet", 8), ("lenet", 8)):
             plan.append(("candidates", exp_candidates, (model, batch_size)))
     if "restarts" in chosen:
-        for model, batch_size in (("lenet", 8), ("convnet", 8)):
-            plan.append(("restarts", exp_restarts, (model, batch_size)))
+        # the last: IG's paper profile (8 restarts) at the largest batch, for its memory
+        for model, batch_size, restarts in (("lenet", 8, 4), ("convnet", 8, 4), ("convnet", 48, 8)):
+            plan.append(("restarts", exp_restarts, (model, batch_size, restarts)))
     if "channels_last" in chosen:
         for model, batch_size in (("convnet", 8), ("convnet", 48), ("resnet18", 1)):
             plan.append(("channels_last", exp_channels_last, (model, batch_size)))
@@ -1723,8 +1730,9 @@ def check_targets(report: dict[str, Any], args: argparse.Namespace) -> dict[str,
     restarts = report["experiments"].get("restarts", [])
     if restarts:
         targets["ig_restarts_batched"] = {
-            "met": all(e["batched_over_sequential"] < 1 for e in restarts),
-            "note": "IG's R restarts as one tensor vs one after another, both through matching.invert",
+            "met": all(e["batched_over_sequential"] < 1 for e in restarts if e["default_mode"] == "batched"),
+            "note": "IG's R restarts as one tensor vs one after another, both through matching.invert; IG batches "
+            "them up to batch_restarts_up_to images per client batch, and the target is checked there",
             "batched_over_sequential": {
                 f"{e['model']}/B={e['batch_size']}": e["batched_over_sequential"] for e in restarts
             },

@@ -173,9 +173,9 @@ def test_batched_restarts_are_the_sequential_restarts_side_by_side(crops):
             labels_known=True,
         )
         results = {
-            batched: get_method("ig", iterations=iterations, restarts=restarts, batch_restarts=batched).reconstruct(
-                observation, generator=torch.Generator().manual_seed(0)
-            )
+            batched: get_method(
+                "ig", iterations=iterations, restarts=restarts, batch_restarts_up_to=2 if batched else 0
+            ).reconstruct(observation, generator=torch.Generator().manual_seed(0))
             for batched in (False, True)
         }
     finally:
