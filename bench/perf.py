@@ -12,8 +12,8 @@ For each method x model x batch size it measures, on the default data (``crops``
 * the **harness's own work per trial** (sampling, model, client update, progress scoring, metrics,
   records) with the functions ``bench.run`` calls, as a share of a quick-profile trial.
 
-A **mirror** floor, written with the shared code's implementation choices (``torch.cat`` distance, BN
-statistics from a hook), splits ours - floor into loop machinery and implementation choices.
+A **mirror** floor, written with the shared code's implementation choices (``MIRRORS``: the cosine
+distance over one ``torch.cat``), splits ours - floor into loop machinery and implementation choices.
 
 Ours, floor and mirror run interleaved (rotating order) in the same process from the same seed, after a
 warm-up, and the overhead is the median of the paired ratios. On CPU with one thread the clock is the
@@ -833,7 +833,7 @@ def floor_afgi(observation: Any, attack: Any, iterations: int, *, seed: int = SE
 MIRRORS: dict[str, dict[str, str]] = {
     "dlg": {"form": "layers"},
     "idlg": {"form": "layers"},
-    "gradinversion": {"form": "cat", "bn_stats": "reuse"},
+    "gradinversion": {"form": "layers", "bn_stats": "reuse"},
 }
 
 FLOORS: dict[str, Callable[..., RunResult]] = {
@@ -1210,7 +1210,8 @@ def _iterations_for(fn: Callable[[int], RunResult], args: argparse.Namespace) ->
 
 
 def exp_loss_form(args: argparse.Namespace, model: str, batch_size: int, method: str) -> dict[str, Any]:
-    """One flat torch.cat of all gradients (methods/losses.py) vs a per-layer distance with no copy."""
+    """One flat torch.cat of all gradients vs a per-layer distance with no copy (methods/losses.py: per layer for
+    the euclidean distances, one cat for the cosine one)."""
     observation, attack = _setup(method, model, batch_size, args)
     floor = FLOORS[method]
     n = _iterations_for(lambda k: floor(observation, attack, k, form="cat"), args)
