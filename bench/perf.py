@@ -935,8 +935,9 @@ def run_cell(method: str, model: str, batch_size: int, args: argparse.Namespace)
         iterations = 1
     else:
         iterations = int(min(max(math.ceil(args.target_seconds / max(estimate, 1e-6)), 2), args.max_iterations))
-    # heavy cells (ResNet-18 at B=48 ...): after the warm-up pair, one 1-iteration pair; more would take minutes
-    repeats = 1 if heavy else args.repeats
+    # heavy cells (ResNet-18 at B=48 ...): after the warm-up pair, three 1-iteration pairs and no mirror; more
+    # would take minutes (one pair alone once read +15% for a cell that 3 pairs of 2 iterations put at -0.9%)
+    repeats = min(3, args.repeats) if heavy else args.repeats
     cell.update(iterations=iterations, heavy=heavy)
 
     times: dict[str, list[float]] = {"ours": [], "floor": [], "mirror": []}
