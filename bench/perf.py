@@ -1781,7 +1781,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--heavy-seconds",
         type=float,
         default=2.0,
-        help="cells whose iteration takes longer are timed with one 1-iteration pair (ResNet-18, B=48 ...)",
+        help="cells whose iteration takes longer are timed with three 1-iteration pairs (ResNet-18, B=48 ...)",
     )
     parser.add_argument(
         "--lbfgs-max-iter", type=int, default=2, help="L-BFGS evaluations per iteration for DLG/iDLG (default 2)"
