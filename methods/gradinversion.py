@@ -150,7 +150,7 @@ class GradInversion:
             return value
 
         def project() -> None:
-            images.copy_(torch.max(torch.min(images, high), low))
+            images.clamp_(low, high)
 
         def output_images(best: int | None = None) -> Tensor:
             candidates = images.detach().view(groups, batch, *shape)

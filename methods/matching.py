@@ -102,7 +102,7 @@ def invert(
             return value
 
         def project(images: Tensor = images) -> None:
-            images.copy_(torch.max(torch.min(images, high), low))
+            images.clamp_(low, high)
 
         def snapshot(images: Tensor = images) -> Tensor:
             return observation.denormalise(images.detach()).clamp(0, 1)
@@ -160,7 +160,7 @@ def _invert_batched(
         return values.sum()
 
     def project() -> None:
-        images.copy_(torch.max(torch.min(images, high), low))
+        images.clamp_(low, high)
 
     def snapshot() -> Tensor:
         best_now = int(history[-1].argmin())
