@@ -63,3 +63,16 @@ def test_quick_perf_writes_report_and_floor_matches(tmp_path):
         assert math.isclose(sum(share["pct"].values()), 100, rel_tol=1e-6)
     assert "overhead_le_3pct" in report["targets"] and "metrics_inference_mode" in report["targets"]
     assert "ours ms/it" in done.stdout
+
+
+def test_every_floor_computes_our_objective():
+    # the floors are hand-written copies of each method's math; a change to the shared code that alters the
+    # objective (not just its speed) must show up here, not as a silent "overhead" in the timing table
+    from bench import perf
+
+    for method in perf.METHODS:
+        values = perf.first_objectives(method, "convnet", 2, iterations=2)
+        ours, floor = values["ours"], values["floor"]
+        assert len(ours) == len(floor) == 2
+        assert all(math.isfinite(v) for v in ours + floor)
+        assert math.isclose(ours[0], floor[0], rel_tol=2e-3), (method, ours, floor)
