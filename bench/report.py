@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import sys
 from collections import Counter
@@ -23,6 +24,10 @@ import numpy as np
 import pandas as pd
 
 from bench.records import load_records, write_atomic
+
+# matplotlib's PDF backend subsets fonts with fontTools, which logs every font table it prunes at INFO;
+# under Hydra's INFO root logger that is ~200 lines per report
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: the tables must not pay for it
     from matplotlib.figure import Figure

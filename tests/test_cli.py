@@ -30,6 +30,8 @@ def test_one_trial(run_cli, tmp_path):
     assert (out / "summary.md").exists() and (out / "summary.csv").exists()
     assert list((out / "grids").glob("*.png"))
     assert "PSNR" in done.stdout and str(out) in done.stdout
+    # the PDF figures' font subsetting must not flood the console (it logged ~200 INFO lines per report)
+    assert "fontTools" not in done.stdout + done.stderr
 
 
 def test_smoke_sweep_and_resume(smoke_results, tmp_path):
