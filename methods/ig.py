@@ -48,6 +48,8 @@ class InvertingGradients:
     # result either way. Measured on CPU (docs/performance.md): 0.57-0.63x the time at B = 1, 0.84-0.90x at
     # B = 8, 0.96x at B = 16, 1.02-1.05x at B = 48. 0: never
     batch_restarts_up_to: int = 16
+    # torch.compile the distance + TV (methods.matching.MatchingSpec.compile_loss): for long runs only
+    compile_loss: bool = False
     label_strategy: str = "idlg"
     batch_label_strategy: str = "ilrg"
 
@@ -79,6 +81,7 @@ class InvertingGradients:
             clamp=True,
             restarts=self.restarts,
             batch_restarts=observation.batch_size <= self.batch_restarts_up_to,
+            compile_loss=self.compile_loss,
             prior=(lambda images: tv_weight * total_variation(images)) if tv_weight else None,
         )
         result = invert(
