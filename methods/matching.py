@@ -36,8 +36,8 @@ class MatchingSpec:
     batch_restarts: bool = False
     prior: ImagePrior | None = None
     # torch.compile the gradient distance and the prior (first-order; the model's double backward stays
-    # eager, aot_autograd cannot compile it). Compiled once per process and input shape (0.2-3 s, needs a
-    # C++ compiler), then 3-9% faster per iteration on CPU (docs/performance.md): for long runs only
+    # eager, aot_autograd cannot compile it). Compiled once per process and input shape (1-6 s, needs a
+    # C++ compiler), then 3-16% faster per iteration on CPU (docs/performance.md): for long runs only
     compile_loss: bool = False
     # extra objective terms that need the forward pass (e.g. BN statistics); called after each forward
     forward_terms: tuple[Callable[[], Tensor], ...] = field(default_factory=tuple)
