@@ -70,21 +70,13 @@ class GroupGradients:
     shaped (G, *param.shape) (the gradient of that batch's mean cross-entropy, with its own
     BatchNorm batch statistics in train mode), and each batch's BatchNorm-statistics loss,
     shaped (G,) (zeros without the prior). ``first_bn_scale`` weights the first BN layer's term.
+    With the prior, every BatchNorm layer needs running statistics; the calling method checks that
+    and says which of its options to change.
     """
 
     def __init__(self, model: nn.Module, *, bn_prior: bool = False, first_bn_scale: float = 10.0) -> None:
         self.model = copy.deepcopy(model)
         layers = batch_norm_layers(self.model)
-        if bn_prior and not layers:
-            raise ValueError(
-                "the BatchNorm-statistics prior needs a model with BatchNorm layers; "
-                "choose model=convnet or model=resnet18, or disable the prior"
-            )
-        if bn_prior and any(layer.running_mean is None or layer.running_var is None for layer in layers):
-            raise ValueError(
-                "the BatchNorm-statistics prior needs running statistics in every BatchNorm layer, "
-                "but this model's BatchNorm layers were built without them; disable the prior"
-            )
         self._terms: list[Tensor] | None = [] if bn_prior else None
         for index, layer in enumerate(layers):
             layer.forward = types.MethodType(

@@ -40,8 +40,7 @@ class EuclideanLoss:
 
     def __init__(self, target: Sequence[Tensor]) -> None:
         self.layers = [t.detach() for t in target]
-        self.target = flatten(self.layers)
-        self.target_energy = self.target.pow(2).sum()
+        self.target_energy = torch.stack(torch._foreach_norm(self.layers)).square().sum()
 
     def __call__(self, dummy: Sequence[Tensor]) -> Tensor:
         # per-layer norms in one foreach call: no concatenated copy of every gradient per evaluation

@@ -109,17 +109,13 @@ def invert(
     """
     gradient_loss = build_gradient_loss(spec.loss, observation.gradients)
     if spec.batch_restarts and spec.restarts > 1:
-        problem = (
-            "an elementwise optimiser (adam); L-BFGS's line search would couple the restarts"
-            if spec.optimiser.optimiser != "adam"
-            else "a spec without forward_terms"
-            if spec.forward_terms
-            else "random starts, not a given start"
-            if start is not None
-            else None
-        )
-        if problem:
-            raise ValueError(f"batch_restarts needs {problem}; set batch_restarts=False")
+        if spec.optimiser.optimiser != "adam":
+            raise ValueError(
+                "batch_restarts needs an elementwise optimiser (adam); L-BFGS's line search would couple the "
+                "restarts; set batch_restarts=False"
+            )
+        if spec.forward_terms or start is not None:
+            raise ValueError("batch_restarts needs random starts and no forward_terms; set batch_restarts=False")
         return _invert_batched(observation, labels, spec, gradient_loss, generator=generator, hooks=hooks)
     low, high = observation.input_box()
     terms = _maybe_compiled(_matching_terms, spec.compile_loss)
