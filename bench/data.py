@@ -23,6 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from bench.errors import UserError
+from methods.registry import Registry
 
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 SAMPLE_DIR = DATASETS_DIR / "sample"
@@ -126,30 +127,21 @@ class ImageDataset:
 # --- registry ---------------------------------------------------------------------------------------------------
 
 DatasetBuilder = Callable[..., ImageDataset]
-_REGISTRY: dict[str, DatasetBuilder] = {}
+DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Register ``builder(*, root, resolution, **kwargs) -> ImageDataset`` under ``name``."""
-
-    def decorator(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def load_dataset(name: str, **kwargs: object) -> ImageDataset:
     """Build the dataset registered as ``name``; ``root`` and ``resolution`` default to the builder's choice."""
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        raise UserError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    builder = DATASETS.get(name)
     root = kwargs.pop("root", None)
     kwargs["root"] = None if root is None or root == "" else Path(str(root)).expanduser()
     kwargs.setdefault("resolution", None)

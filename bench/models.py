@@ -28,6 +28,7 @@ import torchvision
 from torch import Tensor, nn
 
 from bench.errors import UserError
+from methods.registry import Registry
 
 ImageShape = tuple[int, int, int]
 # Bump when the training recipe changes so that stale cached checkpoints are not reused.
@@ -40,24 +41,17 @@ class ModelBuilder(Protocol):
     ) -> nn.Module: ...
 
 
-_REGISTRY: dict[str, ModelBuilder] = {}
+MODELS: Registry[ModelBuilder] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register ``builder(*, num_classes, image_shape, generator, **kwargs) -> nn.Module`` under ``name``."""
-
-    def decorate(builder: ModelBuilder) -> ModelBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorate
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def _check_image_shape(image_shape: Sequence[int]) -> ImageShape:
@@ -75,9 +69,7 @@ def build_model(name: str, *, num_classes: int, image_shape: Sequence[int], seed
 
     The global RNG is neither read nor advanced. The model is returned in train mode, on the CPU.
     """
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    builder = _REGISTRY[name]
+    builder = MODELS.get(name)
     if int(num_classes) < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
     shape = _check_image_shape(image_shape)
@@ -89,7 +81,25 @@ def build_model(name: str, *, num_classes: int, image_shape: Sequence[int], seed
         torch.manual_seed(int(seed))
         model = builder(num_classes=int(num_classes), image_shape=shape, generator=generator, **kwargs)
     classifier(model)
+    _check_forward(name, model, shape)
     return model
+
+
+def _check_forward(name: str, model: nn.Module, shape: ImageShape) -> None:
+    """A model that cannot take these images (e.g. pooled below one pixel) is a configuration error."""
+    probe = torch.zeros(2, *shape)
+    training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()(probe)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"model {name!r} cannot take {shape[0]}x{shape[1]}x{shape[2]} images ({first}); "
+            "use a larger dataset.resolution or another model"
+        ) from None
+    finally:
+        model.train(training)
 
 
 def _check_kwargs(name: str, builder: ModelBuilder, kwargs: Mapping[str, Any]) -> None:

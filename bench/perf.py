@@ -208,11 +208,10 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[f
 def load_default_dataset() -> Any:
     from omegaconf import OmegaConf
 
-    from bench import records
-    from bench.run import _dataset
+    from bench.trial import dataset_for
 
     spec = OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / "crops.yaml"), resolve=True)
-    return _dataset(records.canonical_json(spec))
+    return dataset_for(spec)
 
 
 def _model_options(name: str) -> dict[str, Any]:
@@ -238,12 +237,12 @@ def draw_round(dataset: Any, model_name: str, batch_size: int, device: torch.dev
     """data -> model -> client update, as ``bench.run._draw_round`` does (dup_ratio=least, labels known)."""
     from bench.client import client_update
     from bench.models import prepare_model
-    from bench.run import _resolve_dup_ratio
     from bench.sampler import sample_batch
+    from bench.trial import resolve_dup_ratio
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    dup_ratio = _resolve_dup_ratio(SimpleNamespace(dup_ratio="least", batch_size=batch_size), dataset)
+    dup_ratio = resolve_dup_ratio("least", dataset, batch_size)
     indices = sample_batch(dataset.labels, dataset.num_classes, batch_size, dup_ratio, seed)
     truth, true_labels = dataset.batch(indices)
     truth, true_labels = truth.to(device), true_labels.to(device)
@@ -302,14 +301,13 @@ def method_class(name: str) -> type | None:
 
 
 def method_config(name: str) -> tuple[dict[str, Any], int | None]:
-    """The method's quick-profile keyword config (conf/method/<name>.yaml) and that profile's iterations."""
-    from omegaconf import OmegaConf
+    """The method's quick-profile keyword config (declared with the method) and that profile's iterations."""
+    from methods.options import resolve_options
 
-    path = CONF / "method" / f"{name}.yaml"
-    if not path.is_file():
+    cls = method_class(name)
+    if cls is None:
         return {}, None
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    params = {**(spec.get("params") or {}), **((spec.get("profiles") or {}).get("quick") or {})}
+    params = resolve_options(cls, "quick")
     return params, params.pop("iterations", None)
 
 
@@ -1016,8 +1014,8 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
     from bench.client import client_update
     from bench.metrics import LPIPSScorer, match, psnr, score
     from bench.models import prepare_model
-    from bench.run import _resolve_dup_ratio, _save_images, _thin
     from bench.sampler import sample_batch
+    from bench.trial import resolve_dup_ratio, save_images
 
     device = torch.device(args.device)
     dataset = _DATASET
@@ -1025,7 +1023,7 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
     pieces: dict[str, float] = {}
 
     def sampling() -> tuple[Tensor, Tensor]:
-        ratio = _resolve_dup_ratio(SimpleNamespace(dup_ratio="least", batch_size=batch_size), dataset)
+        ratio = resolve_dup_ratio("least", dataset, batch_size)
         indices = sample_batch(dataset.labels, dataset.num_classes, batch_size, ratio, SEED)
         truth, labels = dataset.batch(indices)
         return truth.to(device), labels.to(device)
@@ -1103,7 +1101,7 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
         "per_image_psnr": scores.per_image_psnr,
         "true_labels": labels.tolist(),
         "predicted_labels": labels.tolist(),
-        "trace": _thin(trace),
+        "trace": records.thin(trace),
         "progress": [[i, 0.01 * i, 10.0] for i in range(25, 501, 25)],
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -1113,7 +1111,7 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
             records.write_atomic(records.record_path(out, "0" * 16), records.canonical_json(record) + "\n")
 
         def images() -> None:
-            _save_images(out, "0" * 16, truth, reconstruction[torch.tensor(scores.order)], 8)
+            save_images(out, "0" * 16, truth, reconstruction[torch.tensor(scores.order)], 8)
 
         pieces["records"], _ = _timed(write, device, repeats)
         pieces["images"], _ = _timed(images, device, repeats)

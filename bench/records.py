@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 RECORD_VERSION = 1
+MAX_TRACE_POINTS = 500
 
 
 def _strict(value: Any) -> Any:
@@ -50,6 +51,14 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def thin(points: list[Any], limit: int = MAX_TRACE_POINTS) -> list[Any]:
+    """At most about ``limit`` evenly spaced points, the last one always kept (long traces stay small on disk)."""
+    if len(points) <= limit:
+        return points
+    step = math.ceil(len(points) / limit)
+    return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
 
 
 def record_path(sweep_dir: Path, key: str) -> Path:

@@ -32,6 +32,7 @@ from methods.labels import labels_for
 from methods.lrb import lrb_labels  # noqa: F401  (registers the ``lrb`` label strategy)
 from methods.matching import MatchingSpec, initial_images, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
+from methods.options import option
 from methods.vme import VME, VMETargets
 
 
@@ -80,42 +81,35 @@ class AFGI:
         "Attack in Federated Learning. arXiv 2403.08383, 2024"
     )
 
-    # the paper gives no budget; 3600 is 15% of Inverting Gradients' 24,000 (the claimed 85% saving)
-    iterations: int = 3600
-    lr: float = 0.3
-    signed: bool = True
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
-    warmup: int = 0
-    init: Literal["randn", "rand", "mean"] = "mean"
-    restarts: int = 1
-    # VME: switches and weights (V on model-space images, M and E in [0,1] units)
-    use_tv: bool = True
-    use_mean: bool = True
-    use_edge: bool = True
-    tv_weight: float = 0.1
-    mean_weight: float = 10.0
-    edge_weight: float = 10.0
-    # fraction of the budget spent in the first stage, whose result provides the M and E targets
-    target_fraction: float = 0.3
-    edge_blur: float = 1.0
-    # after the switch, re-read the targets every this fraction of the budget (0: never)
-    refresh_fraction: float = 0.0
-    # LRB on, or the baseline label strategy of methods.labels when off
-    lrb: bool = True
-    label_strategy: str = "ilrg"
+    # the paper gives no budget: 3600 is 15% of Inverting Gradients' 24,000 (its claimed 85% saving)
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 200}, "paper": {"iterations": 3600}}
 
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {self.iterations}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be at least 1, got {self.restarts}")
-        if not 0 <= self.target_fraction < 1:
-            raise ValueError(f"target_fraction must lie in [0, 1), got {self.target_fraction}")
-        if not 0 <= self.refresh_fraction < 1:
-            raise ValueError(f"refresh_fraction must lie in [0, 1), got {self.refresh_fraction}")
-        for name in ("tv_weight", "mean_weight", "edge_weight", "edge_blur"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+    iterations: int = option(3600, minimum=1, help="Adam steps, both stages together")
+    lr: float = option(0.3, above=0, help="Adam learning rate")
+    signed: bool = option(True, help="Adam on signed gradients")
+    schedule: Literal["constant", "step", "cosine"] = option("cosine", help="learning-rate schedule")
+    warmup: int = option(0, minimum=0, help="linear warm-up iterations")
+    init: Literal["randn", "rand", "mean"] = option(
+        "mean", help="mean: the data mean (0 in model space) plus N(0, 0.1^2) noise"
+    )
+    restarts: int = option(1, minimum=1, help="runs from fresh starts; the lowest final objective is kept")
+    use_tv: bool = option(True, help="VME switch: total variation (ablation: sweep=afgi_ablation)")
+    use_mean: bool = option(True, help="VME switch: three-channel-mean discrepancy")
+    use_edge: bool = option(True, help="VME switch: edge discrepancy")
+    tv_weight: float = option(0.1, minimum=0, help="V: total variation of the model-space images")
+    mean_weight: float = option(10.0, minimum=0, help="M: squared error of per-image channel means, [0,1] units")
+    edge_weight: float = option(10.0, minimum=0, help="E: squared error of Sobel edge maps, [0,1] units")
+    target_fraction: float = option(
+        0.3, minimum=0, below=1, help="stage one (V only), whose result gives the M and E targets"
+    )
+    edge_blur: float = option(1.0, minimum=0, help="Gaussian blur (pixels) of stage one's result before its edges")
+    refresh_fraction: float = option(
+        0.0, minimum=0, below=1, help="re-read the targets every this fraction of the budget (0: never)"
+    )
+    lrb: bool = option(True, help="LRB label recovery; false: label_strategy below")
+    label_strategy: str = option(
+        "yin", help="labels when lrb is off: GradInversion's restoration (the duplicate-blind baseline LRB replaces)"
+    )
 
     def labels(self, observation: Observation) -> Tensor:
         return labels_for(observation, "lrb" if self.lrb else self.label_strategy)

@@ -7,12 +7,16 @@ and, in the "labels known" threat model, the labels). Scoring lives in ``bench``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from methods.options import check_options, option_fields, resolve_options
+from methods.registry import Registry, UnknownNameError  # noqa: F401  (re-exported: every registry's lookup error)
 
 
 class NotApplicableError(ValueError):
@@ -110,10 +114,22 @@ Time spent inside the callback is not counted in the attack's seconds.
 
 
 class Attack(Protocol):
-    """A gradient inversion attack. Build it from keyword config, then call ``reconstruct``."""
+    """A gradient inversion attack: the contract every registered method honours.
+
+    - It is a dataclass whose fields are its options (``methods.options.option`` adds a range and a help line);
+      an ``iterations`` field sets its budget. Construction checks every option against its declared type
+      and range, so a bad value fails before any work.
+    - ``profiles`` names budgets as overrides of the defaults: ``quick`` (CPU) and ``paper`` (the paper's).
+    - ``name`` is its registry key (= its docs page ``docs/methods/<name>.md`` = its results rows);
+      ``paper`` cites it; ``reference`` marks a floor that uses no gradient for its images (``noise``, ``mean``).
+    - ``reconstruct`` sees only the ``Observation``, draws all randomness from ``generator``, calls
+      ``callback`` every ``callback_every`` iterations and returns a ``Reconstruction`` in [0, 1].
+    """
 
     name: ClassVar[str]
     paper: ClassVar[str]
+    profiles: ClassVar[dict[str, dict[str, Any]]]
+    reference: ClassVar[bool]
 
     def reconstruct(
         self,
@@ -127,41 +143,51 @@ class Attack(Protocol):
 
 
 AttackT = TypeVar("AttackT", bound=type)
-_METHODS: dict[str, type] = {}
+METHODS: Registry[type] = Registry("method")
 
 
 def register_method(name: str | None = None) -> Callable[[AttackT], AttackT]:
-    """Class decorator that adds an attack to the registry under ``name`` (default: ``cls.name``)."""
+    """Class decorator that adds an attack to the registry under ``name`` (default: ``cls.name``).
+
+    Registration also makes construction check every option against its declared type and range
+    (``methods.options.check_options``) before the class's own ``__post_init__`` runs.
+    """
 
     def wrap(cls: AttackT) -> AttackT:
         key = name or cls.name
-        if key in _METHODS and _METHODS[key] is not cls:
-            raise ValueError(f"a method named {key!r} is already registered ({_METHODS[key].__qualname__})")
         cls.name = key
-        _METHODS[key] = cls
+        if not hasattr(cls, "reference"):
+            cls.reference = False
+        if dataclasses.is_dataclass(cls) and not getattr(cls, "_checks_options", False):
+            own = getattr(cls, "__post_init__", None)
+
+            def __post_init__(self: Any) -> None:
+                check_options(type(self), {f: getattr(self, f) for f in option_fields(type(self))})
+                if own is not None:
+                    own(self)
+
+            cls.__post_init__ = __post_init__
+            cls._checks_options = True
+        METHODS.add(key, cls)
         return cls
 
     return wrap
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
-class UnknownNameError(KeyError):
-    """A registry lookup failed; the message lists the valid names."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
+    return METHODS.get(name)
 
 
 def get_method(name: str, **config: Any) -> Attack:
-    """Build the registered attack ``name`` from keyword config."""
+    """Build the registered attack ``name`` from keyword config (unset options keep their defaults)."""
     return get_method_class(name)(**config)
+
+
+def build_method(name: str, profile: str, overrides: Mapping[str, Any] | None = None) -> Attack:
+    """Build attack ``name`` at ``profile``'s budget with ``overrides`` on top: how the runner builds every attack."""
+    cls = get_method_class(name)
+    return cls(**resolve_options(cls, profile, overrides))

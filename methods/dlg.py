@@ -17,6 +17,7 @@ from methods.base import Observation, ProgressCallback, Reconstruction, register
 from methods.losses import build_gradient_loss
 from methods.matching import initial_images
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
+from methods.options import option
 
 
 @register_method()
@@ -25,9 +26,11 @@ class DLG:
     name: ClassVar[str] = "dlg"
     paper: ClassVar[str] = "Zhu, Liu, Han. Deep Leakage from Gradients. NeurIPS 2019"
 
-    iterations: int = 300
-    lr: float = 1.0
-    lbfgs_max_iter: int = 20
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+
+    iterations: int = option(300, minimum=1, help="L-BFGS steps")
+    lr: float = option(1.0, above=0, help="L-BFGS learning rate")
+    lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
 
     def reconstruct(
         self,

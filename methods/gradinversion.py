@@ -40,6 +40,7 @@ from methods.labels import labels_for
 from methods.losses import EuclideanLoss
 from methods.matching import initial_images
 from methods.optimise import OptimiserConfig, ProgressHooks, optimise
+from methods.options import option
 from methods.priors import l2_norm, total_variation
 
 NO_BATCHNORM_MESSAGE = (
@@ -63,41 +64,33 @@ class GradInversion:
         "via GradInversion. CVPR 2021"
     )
 
-    iterations: int = 20_000
-    lr: float = 0.1
-    # Adam on the sign of the gradient (IG's trick, not the paper's): at short budgets Adam's second-moment
-    # estimate stays inflated by the huge gradients of the first iterations and the images stall
-    signed: bool = False
-    # linear warm-up over this fraction of the budget, then cosine decay to zero
-    warmup_fraction: float = 0.05
-    # Langevin-style exploration: Gaussian noise of std noise * (current lr) added after each step
-    noise: float = 0.2
-    # weights of the objective's terms; the gradient term is ||g - g*||^2 / ||g*||^2 (relative, so that one
-    # weight fits untrained and trained models). The paper's weights do not carry over to our small models
-    # and batches (docs/methods/gradinversion.md); these were measured on convnet/crops.
-    gradient_scale: float = 0.01
-    tv_weight: float = 0.1
-    l2_weight: float = 1e-6
-    bn_weight: float = 1e-4
-    first_bn_scale: float = 10.0
-    # G candidate batches from different random starts, each pulled towards their mean
-    group_size: int = 4
-    group_weight: float = 0.01
-    # what to return: the candidates' pixel-wise mean, or the candidate whose gradient matches best
-    output: Literal["consensus", "best"] = "consensus"
-    label_strategy: str = "yin"
+    # signed in the quick profile: at 500 iterations plain Adam stalls on trained models
+    # (docs/methods/gradinversion.md)
+    profiles: ClassVar[dict[str, dict]] = {
+        "quick": {"iterations": 500, "group_size": 2, "signed": True},
+        "paper": {"iterations": 20_000, "group_size": 4},
+    }
 
-    def __post_init__(self) -> None:
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be at least 1, got {self.group_size}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        if self.output not in ("consensus", "best"):
-            raise ValueError(f"output must be 'consensus' or 'best', got {self.output!r}")
-        weights = ("gradient_scale", "tv_weight", "l2_weight", "bn_weight", "first_bn_scale", "group_weight", "noise")
-        for field_name in weights:
-            if getattr(self, field_name) < 0:
-                raise ValueError(f"{field_name} must be non-negative, got {getattr(self, field_name)}")
+    iterations: int = option(20_000, minimum=1, help="Adam steps")
+    lr: float = option(0.1, above=0, help="Adam; linear warm-up, then cosine decay to zero")
+    # IG's trick, not the paper's: at short budgets Adam's second-moment estimate stays inflated by the huge
+    # gradients of the first iterations and the images stall
+    signed: bool = option(False, help="Adam on signed gradients")
+    warmup_fraction: float = option(0.05, minimum=0, below=1, help="warm-up length as a fraction of the budget")
+    noise: float = option(0.2, minimum=0, help="Langevin-style noise after each step: std noise * current lr")
+    # the gradient term is relative so that one weight fits untrained and trained models; the paper's weights
+    # do not carry over to our small models and batches (docs/methods/gradinversion.md)
+    gradient_scale: float = option(0.01, minimum=0, help="weight of ||g - g*||^2 / ||g*||^2")
+    tv_weight: float = option(0.1, minimum=0, help="total variation of the model-space images")
+    l2_weight: float = option(1e-6, minimum=0, help="mean squared pixel value (model space)")
+    bn_weight: float = option(1e-4, minimum=0, help="BN-statistics prior: batch statistics vs running statistics")
+    first_bn_scale: float = option(10.0, minimum=0, help="extra weight of the first BN layer in that prior")
+    group_size: int = option(4, minimum=1, help="candidate batches from different random starts")
+    group_weight: float = option(0.01, minimum=0, help="pull of each candidate towards the candidates' mean")
+    output: Literal["consensus", "best"] = option(
+        "consensus", help="the candidates' pixel-wise mean, or the candidate whose gradient matches best"
+    )
+    label_strategy: str = option("yin", help="assumes distinct labels; yin's rule is wrong when a label repeats")
 
     def reconstruct(
         self,

@@ -21,6 +21,7 @@ from methods.base import Observation, ProgressCallback, Reconstruction, register
 from methods.labels import labels_for
 from methods.matching import MatchingSpec, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
+from methods.options import option
 
 
 @register_method()
@@ -29,11 +30,13 @@ class IDLG:
     name: ClassVar[str] = "idlg"
     paper: ClassVar[str] = "Zhao, Mopuri, Bilen. iDLG: Improved Deep Leakage from Gradients. arXiv 2001.02610, 2020"
 
-    iterations: int = 300
-    lr: float = 1.0
-    lbfgs_max_iter: int = 20
-    label_strategy: str = "idlg"
-    batch_label_strategy: str = "count"
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+
+    iterations: int = option(300, minimum=1, help="L-BFGS steps")
+    lr: float = option(1.0, above=0, help="L-BFGS learning rate")
+    lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
+    label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
+    batch_label_strategy: str = option("count", help="labels at B > 1 (iDLG's rule needs B = 1)")
 
     def reconstruct(
         self,

@@ -25,6 +25,7 @@ from methods.base import Observation, ProgressCallback, Reconstruction, register
 from methods.labels import labels_for
 from methods.matching import MatchingSpec, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
+from methods.options import option
 from methods.priors import total_variation
 
 
@@ -37,29 +38,22 @@ class InvertingGradients:
         "in federated learning? NeurIPS 2020"
     )
 
-    iterations: int = 24_000
-    lr: float = 0.1
-    # weight of the total variation of the model-space images (the authors' ImageNet setting)
-    tv_weight: float = 0.1
-    # independent trials from fresh random images; the one with the lowest final objective is returned
-    restarts: int = 8
-    # run the restarts side by side as one tensor (one vmapped gradient pass per iteration, R times the
-    # memory of one run) when the client batch has at most this many images, else one after another; same
-    # result either way. Measured on CPU (docs/performance.md): 0.57-0.63x the time at B = 1, 0.84-0.90x at
-    # B = 8, 0.96x at B = 16, 1.02-1.05x at B = 48. 0: never
-    batch_restarts_up_to: int = 16
-    # torch.compile the distance + TV (methods.matching.MatchingSpec.compile_loss): for long runs only
-    compile_loss: bool = False
-    label_strategy: str = "idlg"
-    batch_label_strategy: str = "ilrg"
+    profiles: ClassVar[dict[str, dict]] = {
+        "quick": {"iterations": 500, "restarts": 1},
+        "paper": {"iterations": 24_000, "restarts": 8},
+    }
 
-    def __post_init__(self) -> None:
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be at least 1, got {self.restarts}")
-        if self.batch_restarts_up_to < 0:
-            raise ValueError(f"batch_restarts_up_to must be non-negative, got {self.batch_restarts_up_to}")
-        if self.tv_weight < 0:
-            raise ValueError(f"tv_weight must be non-negative, got {self.tv_weight}")
+    iterations: int = option(24_000, minimum=1, help="Adam steps per restart")
+    lr: float = option(0.1, above=0, help="Adam on signed gradients; x0.1 at 3/8, 5/8 and 7/8 of the budget")
+    tv_weight: float = option(0.1, minimum=0, help="total variation of the model-space images (authors' ImageNet)")
+    restarts: int = option(8, minimum=1, help="runs from fresh random images; the lowest final objective is kept")
+    # why a threshold: batching the restarts pays on CPU only for small client batches (docs/performance.md)
+    batch_restarts_up_to: int = option(
+        16, minimum=0, help="restarts side by side as one tensor up to this client batch (R x memory); 0: never"
+    )
+    compile_loss: bool = option(False, help="torch.compile distance + TV once per process and shape: long runs")
+    label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
+    batch_label_strategy: str = option("ilrg", help="labels at B > 1 (the paper assumes known labels there)")
 
     def reconstruct(
         self,

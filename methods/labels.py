@@ -20,36 +20,24 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from methods.base import NotApplicableError, Observation, UnknownNameError
+from methods.base import NotApplicableError, Observation
+from methods.registry import Registry
 
 LabelStrategy = Callable[[Observation], Tensor]
-_STRATEGIES: dict[str, LabelStrategy] = {}
+LABEL_STRATEGIES: Registry[LabelStrategy] = Registry("label strategy")
 
 
 def register_label_strategy(name: str) -> Callable[[LabelStrategy], LabelStrategy]:
     """Function decorator that adds a label strategy to the registry under ``name``."""
-
-    def wrap(fn: LabelStrategy) -> LabelStrategy:
-        if name in _STRATEGIES and _STRATEGIES[name] is not fn:
-            existing = _STRATEGIES[name].__qualname__
-            raise ValueError(f"a label strategy named {name!r} is already registered ({existing})")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return wrap
+    return LABEL_STRATEGIES.register(name)
 
 
 def list_label_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+    return LABEL_STRATEGIES.names()
 
 
 def get_label_strategy(name: str) -> LabelStrategy:
-    try:
-        return _STRATEGIES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown label strategy {name!r}; available: {', '.join(list_label_strategies())}"
-        ) from None
+    return LABEL_STRATEGIES.get(name)
 
 
 def infer_labels(name: str, observation: Observation) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from methods.base import UnknownNameError
+from methods.registry import Registry
 
 GradientLossName = Literal["euclidean", "cosine"]
 
@@ -72,16 +72,10 @@ class CosineLoss:
         return 1 - dot / (norm * self.target_norm + 1e-12)
 
 
-GRADIENT_LOSSES: dict[str, Callable[[Sequence[Tensor]], GradientLoss]] = {
-    "euclidean": EuclideanLoss,
-    "cosine": CosineLoss,
-}
+GRADIENT_LOSSES: Registry[Callable[[Sequence[Tensor]], GradientLoss]] = Registry("gradient loss")
+GRADIENT_LOSSES.add("euclidean", EuclideanLoss)
+GRADIENT_LOSSES.add("cosine", CosineLoss)
 
 
 def build_gradient_loss(name: str, target: Sequence[Tensor]) -> GradientLoss:
-    try:
-        return GRADIENT_LOSSES[name](target)
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown gradient loss {name!r}; choose one of {', '.join(sorted(GRADIENT_LOSSES))}"
-        ) from None
+    return GRADIENT_LOSSES.get(name)(target)

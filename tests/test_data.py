@@ -7,6 +7,7 @@ import torch
 
 from bench.data import SAMPLE_DIR, ImageDataset, list_datasets, load_dataset, register_dataset
 from bench.errors import UserError
+from methods.registry import UnknownNameError
 
 
 def check_images(dataset: ImageDataset) -> torch.Tensor:
@@ -59,7 +60,7 @@ def test_crops_are_deterministic():
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UnknownNameError) as info:
         load_dataset("mnist")
     message = str(info.value)
     assert "unknown dataset 'mnist'" in message

@@ -37,5 +37,5 @@ def test_every_method_honours_the_contract(name, observation):
 
 
 def test_unknown_method_lists_the_registered_names():
-    with pytest.raises(KeyError, match="registered methods: .*idlg"):
+    with pytest.raises(KeyError, match="unknown method 'nope'; available: .*idlg"):
         get_method("nope")

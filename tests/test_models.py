@@ -16,6 +16,7 @@ from bench.models import (
     prepare_model,
     register_model,
 )
+from methods.registry import UnknownNameError
 
 SHAPE = (3, 32, 32)
 
@@ -30,7 +31,7 @@ def test_registry_lists_all_models_sorted():
 
 
 def test_unknown_model_and_option_are_user_errors():
-    with pytest.raises(UserError, match="unknown model 'nope'; available: .*lenet"):
+    with pytest.raises(UnknownNameError, match="unknown model 'nope'; available: .*lenet"):
         build_model("nope", num_classes=10, image_shape=SHAPE, seed=0)
     with pytest.raises(UserError, match="does not take option"):
         build_model("lenet", num_classes=10, image_shape=SHAPE, seed=0, width=3)

@@ -24,9 +24,9 @@ BAD_INPUT = {
     "unknown model": (["model=nope"], "unknown model 'nope'; available: convnet"),
     "unknown sweep": (["sweep=nope"], "unknown sweep 'nope'; available: afgi_ablation, batchsize"),
     "unknown label strategy": (["sweep=none", "task=labels", "label_strategy=nope"], "available: analytic"),
-    "batch size zero": (["sweep=none", "batch_size=0"], "batch_size must be an integer >= 1"),
-    "batch size not an integer": (["sweep=none", "batch_size=1.5"], "batch_size must be an integer"),
-    "ratio outside [0,1]": (["sweep=none", "dup_ratio=1.5"], "dup_ratio must be a number in [0, 1]"),
+    "batch size zero": (["sweep=none", "batch_size=0"], "batch_size=0 is not valid; give a value >= 1"),
+    "batch size not an integer": (["sweep=none", "batch_size=1.5"], "batch_size=1.5 is not valid; give an integer"),
+    "ratio outside [0,1]": (["sweep=none", "dup_ratio=1.5"], "dup_ratio=1.5 is not valid; give a value <= 1"),
     "too many classes": (["sweep=none", "batch_size=9", "dataset=cifar10_sample"], "needs 9 distinct classes"),
     "too few images in a class": (
         ["sweep=none", "batch_size=5", "dup_ratio=1", "dataset=cifar10_sample"],

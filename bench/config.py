@@ -1,0 +1,179 @@
+"""The typed schema of a run's settings: every top-level key with its type, default, range and help, once.
+
+The Hydra runner, the Python API (``bench.trial``) and the tests all read this
+table: Hydra's top-level defaults are generated from it (``bench.run`` stores
+them as the ``settings`` config), ``validate`` checks a whole config before any
+trial runs, and ``TRIAL_KEYS``/``RUN_ONLY_KEYS`` say which keys change a
+trial's numbers and which only change how a run is carried out. Method options
+are declared with their method (``methods.options``); dataset and model options
+by their builders' signatures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import UserError
+from methods.base import get_method_class
+from methods.labels import list_label_strategies
+from methods.options import OptionError, check_options, resolve_options
+from methods.registry import UnknownNameError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One top-level setting. ``trial``: part of a trial's identity (its record key); ``run_only``: may differ
+    between runs into one results folder without mixing experiments."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+    also: tuple[str, ...] = ()  # literal words accepted besides the type, e.g. dup_ratio=least
+    trial: bool = False
+    run_only: bool = False
+    example: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this key (None when it is valid)."""
+        if value is None:
+            return None if self.nullable else f"give a value, e.g. {self.name}={self.show_example()}"
+        if isinstance(value, str) and value in self.also:
+            return None
+        if self.choices:
+            return None if value in self.choices else f"use one of {', '.join(map(_word, self.choices))}"
+        if not _is_kind(value, self.kind):
+            words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+            extra = f" or {' or '.join(self.also)}" if self.also else ""
+            return f"give {words[self.kind]}{extra}, e.g. {self.name}={self.show_example()}"
+        if self.minimum is not None and value < self.minimum:
+            return f"give a value >= {self.minimum:g}, e.g. {self.name}={self.show_example()}"
+        if self.maximum is not None and value > self.maximum:
+            return f"give a value <= {self.maximum:g}"
+        if self.name == "device" and not DEVICE_PATTERN.match(value):
+            return "use auto, cpu, cuda, cuda:N or mps"
+        return None
+
+    def show_example(self) -> str:
+        return self.example or _word(self.default)
+
+
+def _word(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, int | float)
+    if kind is list:
+        return isinstance(value, list | tuple)
+    return isinstance(value, kind)
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("task", str, "attack", "attack (reconstruct images) or labels (label recovery only: sweep=labels)",
+        choices=("attack", "labels"), trial=True),
+    Key("label_strategy", str, "count", "the strategy a task=labels trial evaluates (methods.labels)"),
+    Key("profile", str, "quick", "quick (CPU budgets) or paper (the papers' budgets, for a GPU)",
+        choices=("quick", "paper"), trial=True),
+    Key("batch_size", int, 1, "images in the client's batch", minimum=1, trial=True),
+    Key("dup_ratio", float, 0.0, "0: all labels distinct, 1: all the same, least: the least the dataset allows",
+        minimum=0, maximum=1, also=("least",), trial=True, example="0.5"),
+    Key("seed", int, 0, "seeds the batch, the model initialisation and the attack's initialisation", minimum=0,
+        trial=True),
+    Key("seeds", int, 1, "how many seeds a sweep runs (0..seeds-1)", minimum=1, run_only=True),
+    Key("iterations", int, None, "overrides the profile's iteration budget when set", minimum=1, nullable=True,
+        example="100"),
+    Key("labels_known", bool, False, "threat model: does the attacker receive the labels?", trial=True),
+    Key("client_mode", str, "train", "the mode the client computes its gradient in (BatchNorm!)",
+        choices=("train", "eval"), trial=True),
+    Key("threads", int, 1, "torch CPU threads per trial: 1 is robust on small shared machines and reproducible",
+        minimum=1, nullable=True, run_only=True),
+    Key("device", str, "auto", "auto picks CUDA when present; cpu, cuda, cuda:N, mps", run_only=True),
+    Key("score_every", int, 25, "score the running reconstruction every k iterations (0: never)", minimum=0,
+        run_only=True),
+    Key("quiet", bool, False, "true turns progress bars off", run_only=True),
+    Key("debug", bool, False, "true shows tracebacks for errors", run_only=True),
+    Key("results_root", str, "results", "where results/<sweep>/<timestamp>/ folders go", run_only=True),
+    Key("plugins", list, [], "modules or .py files to import first: they may register methods "
+        "(docs/adding_a_method.md)", run_only=True, example="[my_attack.py]"),
+    Key("cache_dir", str, ".cache/gia-bench", "trained models and other caches", run_only=True),
+    Key("grid_images", int, 8, "images per row in a trial's PNG grid (first k of the batch)", minimum=1,
+        run_only=True),
+    Key("sweep_name", str, "single", "the results subfolder; set by each sweep file", run_only=True),
+)
+SETTINGS = {key.name: key for key in SCHEMA}
+TRIAL_KEYS = tuple(key.name for key in SCHEMA if key.trial and key.name != "task") + ("dataset", "model")
+RUN_ONLY_KEYS = frozenset(key.name for key in SCHEMA if key.run_only) | {"hydra"}
+GROUPS = ("dataset", "model", "method")
+MODEL_STATES = ("untrained", "trained")
+
+
+def defaults() -> dict[str, Any]:
+    """Every top-level key's default: Hydra's ``settings`` config and the Python API's starting point."""
+    return {key.name: (list(key.default) if isinstance(key.default, list) else key.default) for key in SCHEMA}
+
+
+def check_value(name: str, value: Any) -> None:
+    """One top-level value; raises ``UserError`` naming the key and what to give instead."""
+    key = SETTINGS.get(name)
+    if key is None:
+        raise UserError(f"unknown setting {name!r}; settings are {', '.join(SETTINGS)}")
+    problem = key.problem(value)
+    if problem:
+        raise UserError(f"{name}={value!r} is not valid; {problem}")
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Check a whole composed config (plain containers) and raise ``UserError`` on the first bad value."""
+    for name in SETTINGS:
+        if name in config:
+            check_value(name, config[name])
+    if config.get("task") == "labels":
+        if config.get("label_strategy") not in list_label_strategies():
+            raise UserError(
+                f"unknown label strategy {config.get('label_strategy')!r}; available: "
+                f"{', '.join(list_label_strategies())}"
+            )
+    model = config.get("model") or {}
+    if model.get("state", "untrained") not in MODEL_STATES:
+        raise UserError(f"model.state={model.get('state')!r} is not valid; use model.state=untrained or trained")
+    method = config.get("method")
+    if config.get("task", "attack") == "attack" and method is not None:
+        method_options(method, config.get("profile", "quick"), config.get("iterations"))
+
+
+def method_options(method: Mapping[str, Any], profile: str, iterations: int | None = None) -> dict[str, Any]:
+    """The resolved, checked keyword config of ``method`` (a ``{name, params}`` node) at ``profile``."""
+    name = method.get("name")
+    try:
+        cls = get_method_class(name)
+    except UnknownNameError as error:
+        hint = " (a plugin's method: plugins=[my_attack.py] method=NAME)"
+        raise UserError(f"{error}{hint}") from None
+    overrides = dict(method.get("params") or {})
+    if iterations is not None:
+        overrides["iterations"] = iterations
+    try:
+        options = resolve_options(cls, profile, overrides)
+        check_options(cls, options)
+    except OptionError as error:
+        top_level = error.option == "iterations" and iterations is not None
+        key = "iterations" if top_level else f"method.params.{error.option}"
+        raise UserError(f"{key}={error.value!r} is not valid for method {name!r}: {error.problem}") from None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return options

@@ -1,0 +1,367 @@
+"""One trial, from plain settings to a record: data -> client update -> attack -> metrics -> record.
+
+This is the whole pipeline, with no Hydra in it. ``trial()`` is the Python API
+for notebooks and scripts; the Hydra runner (``bench.run``) and the performance
+harness (``bench.perf``) call the same functions. A trial is a pure function of
+its settings; its record is keyed by a hash of the settings that can change its
+numbers (``trial_config``), so a folder of records is resumable.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from bench import config as schema
+from bench import records as rec
+from bench.client import client_update
+from bench.data import ImageDataset, load_dataset
+from bench.errors import InfeasibleBatchError, UserError
+from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
+from bench.models import prepare_model
+from bench.provenance import REPO_ROOT, device_name, environment
+from bench.sampler import min_feasible_dup_ratio, sample_batch
+from methods.base import Attack, NotApplicableError, Observation, get_method_class
+from methods.labels import infer_labels
+from methods.options import option_fields
+
+CONF_DIR = REPO_ROOT / "conf"
+LPIPS = LPIPSScorer()
+
+
+@dataclass
+class Round:
+    """What one federated round produced: the client's batch (ground truth) and what the attacker observes."""
+
+    dataset: ImageDataset
+    truth: torch.Tensor
+    true_labels: torch.Tensor
+    observation: Observation
+    dup_ratio: float
+
+
+@dataclass
+class TrialResult:
+    """A trial's record, plus the tensors a notebook wants (None when the record was found on disk)."""
+
+    record: dict[str, Any]
+    reconstruction: torch.Tensor | None = None
+    truth: torch.Tensor | None = None
+    predicted_labels: torch.Tensor | None = None
+    true_labels: torch.Tensor | None = None
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """Independent, reproducible seeds for the separate random streams of one trial."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:7], "little")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def group_node(group: str, name: str) -> dict[str, Any]:
+    """The default node of config group ``group`` (``conf/<group>/<name>.yaml``), as plain containers."""
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise UserError(f"unknown {group} {name!r}; available: {', '.join(options)}")
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {k: v for k, v in node.items() if k != "defaults"}
+
+
+def method_node(name: str) -> dict[str, Any]:
+    """The ``method`` config of a registered attack: its name and every option, unset (``None``)."""
+    return {"name": name, "params": dict.fromkeys(option_fields(get_method_class(name)))}
+
+
+def settings_for(method: str = "ig", **given: Any) -> dict[str, Any]:
+    """Complete settings from keyword arguments, as the Hydra runner composes them from its config.
+
+    Keys of the schema (``bench.config``) are settings; ``dataset`` and ``model`` take a name or a mapping
+    (``{"name": "convnet", "state": "trained"}``); every other keyword is an option of ``method``.
+    """
+    settings = schema.defaults()
+    settings["sweep_name"] = "api"
+    for group, default in (("dataset", "crops"), ("model", "convnet")):
+        spec = given.pop(group, default)
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        settings[group] = {**group_node(group, spec["name"]), **spec}
+    options = {k: given.pop(k) for k in list(given) if k not in schema.SETTINGS}
+    settings.update(given)
+    settings["method"] = {"name": method, "params": options}
+    return settings
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(spec_json: str) -> ImageDataset:
+    spec = json.loads(spec_json)
+    return load_dataset(spec.pop("name"), **{k: v for k, v in spec.items() if v is not None})
+
+
+def dataset_for(spec: Mapping[str, Any]) -> ImageDataset:
+    """The dataset a ``dataset`` node describes, built once per process."""
+    return _cached_dataset(rec.canonical_json(dict(spec)))
+
+
+def resolve_dup_ratio(dup_ratio: float | str, dataset: ImageDataset, batch_size: int) -> float:
+    """``dup_ratio=least`` asks for the least duplication the dataset allows at this batch size."""
+    if dup_ratio != "least":
+        return dup_ratio
+    least = min_feasible_dup_ratio(dataset.labels, dataset.num_classes, batch_size)
+    if least is None:
+        raise InfeasibleBatchError(
+            f"batch_size={batch_size} cannot be drawn from {dataset.name} at any dup_ratio; lower batch_size"
+        )
+    return least
+
+
+def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
+    """data -> client update: the batch, its labels and what the attacker observes."""
+    dataset = dataset_for(settings["dataset"])
+    batch_size, seed = settings["batch_size"], settings["seed"]
+    dup_ratio = resolve_dup_ratio(settings["dup_ratio"], dataset, batch_size)
+    indices = sample_batch(dataset.labels, dataset.num_classes, batch_size, dup_ratio, seed)
+    truth, true_labels = dataset.batch(indices)
+    truth, true_labels = truth.to(device), true_labels.to(device)
+    model_spec = settings["model"]
+    state = model_spec.get("state", "untrained")
+    train_images = train_labels = None
+    if state == "trained":
+        train_images, train_labels = dataset.batch(torch.arange(min(len(dataset), 5000)))
+    model = prepare_model(
+        model_spec["name"],
+        state=state,
+        num_classes=dataset.num_classes,
+        image_shape=dataset.image_shape,
+        seed=seed,
+        train_images=train_images,
+        train_labels=train_labels,
+        mean=dataset.mean,
+        std=dataset.std,
+        cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
+        **{k: v for k, v in model_spec.items() if k not in ("name", "state")},
+    ).to(device)
+    try:
+        observation = client_update(
+            model,
+            truth,
+            true_labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            num_classes=dataset.num_classes,
+            mode=settings["client_mode"],
+            labels_known=settings["labels_known"],
+        )
+    except (RuntimeError, ValueError) as error:  # the model cannot take this batch at all: a configuration error
+        shape = "x".join(map(str, dataset.image_shape))
+        raise UserError(
+            f"the client cannot compute its update with model {model_spec['name']!r} on {shape} images at "
+            f"batch_size={batch_size} in client_mode={settings['client_mode']} ({str(error).splitlines()[0]}); "
+            "use a larger dataset.resolution or batch_size, or client_mode=eval"
+        ) from None
+    return Round(dataset, truth, true_labels, observation, dup_ratio)
+
+
+def trial_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What defines a trial, and so its record key: everything that can change its numbers."""
+    if settings["task"] == "labels":
+        keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
+        return {"task": "labels", "label_strategy": settings["label_strategy"], **{k: settings[k] for k in keys}}
+    config = {key: settings[key] for key in schema.TRIAL_KEYS}
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    config["method"] = {"name": settings["method"]["name"], **options}
+    return config
+
+
+def build_attack(settings: Mapping[str, Any]) -> Attack:
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    return get_method_class(settings["method"]["name"])(**options)
+
+
+def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sweep: bool = False) -> TrialResult:
+    """Run one trial, or find its finished record under ``out_dir``; write the record there (if given).
+
+    In a sweep (``in_sweep``) a batch the data cannot supply is recorded as skipped; alone it is an error.
+    """
+    schema.validate(settings)
+    name = settings["method"]["name"] if settings["task"] == "attack" else settings["label_strategy"]
+    attack = build_attack(settings) if settings["task"] == "attack" else None
+    config = trial_config(settings)
+    key = rec.trial_key(config)
+    path = rec.record_path(out_dir, key) if out_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            return TrialResult(rec.read_record(path) | {"resumed": True})
+        except rec.CorruptRecordError as error:
+            moved = rec.set_aside(path)
+            print(f"warning: {error}; moved it to {moved} and re-running the trial")
+
+    device = pick_device(settings["device"])
+    record: dict[str, Any] = {
+        "record_version": rec.RECORD_VERSION,
+        "key": key,
+        "task": settings["task"],
+        "method": name,
+        "dataset": settings["dataset"]["name"],
+        "model": settings["model"]["name"],
+        "model_state": settings["model"].get("state", "untrained"),
+        "profile": settings["profile"],
+        "batch_size": settings["batch_size"],
+        "dup_ratio": settings["dup_ratio"],
+        "seed": settings["seed"],
+        "labels_known": settings["labels_known"],
+        "config": config,
+        "device": device_name(device),
+        **environment(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    started = time.perf_counter()
+    try:
+        drawn = draw_round(settings, device)
+    except InfeasibleBatchError as error:
+        if not in_sweep:
+            raise
+        return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
+    record["dup_ratio"] = drawn.dup_ratio
+
+    result = TrialResult(record, truth=drawn.truth, true_labels=drawn.true_labels)
+    try:
+        if attack is None:
+            outcome = _label_trial(name, drawn, result)
+        else:
+            outcome = _attack_trial(settings, attack, drawn, result, out_dir, key)
+    except UserError:
+        raise
+    except NotApplicableError as error:
+        outcome = {"status": "skipped", "reason": str(error)}
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        outcome = {
+            "status": "failed",
+            "reason": f"out of memory ({error}); lower batch_size or use a smaller model",
+            "traceback": traceback.format_exc(),
+        }
+    except Exception as error:  # a failed trial is a result: record it (with its traceback) and let the sweep go on
+        if settings.get("debug"):
+            traceback.print_exc()
+        outcome = {
+            "status": "failed",
+            "reason": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        }
+    result.record = _finish(record | outcome, path, started)
+    return result
+
+
+def trial(method: str = "ig", *, out_dir: str | Path | None = None, **given: Any) -> TrialResult:
+    """Run one trial from Python: ``bench.trial("ig", batch_size=4, dup_ratio=0.5, seed=0, restarts=2)``.
+
+    Settings not given take the runner's defaults (``bench.config``). With ``out_dir`` the record and the
+    image grid are written there and a finished record is returned instead of re-running (then the tensors
+    are None). ``threads`` applies to the whole process, as in the runner.
+    """
+    settings = settings_for(method, **given)
+    schema.validate(settings)
+    if settings["threads"] is not None:
+        torch.set_num_threads(int(settings["threads"]))
+    return run_trial(settings, Path(out_dir) if out_dir is not None else None)
+
+
+def _label_trial(strategy: str, drawn: Round, result: TrialResult) -> dict[str, Any]:
+    started = time.perf_counter()
+    predicted = infer_labels(strategy, drawn.observation)
+    seconds = time.perf_counter() - started
+    result.predicted_labels = predicted
+    return {
+        "status": "ok",
+        "label_accuracy": label_accuracy(predicted.cpu(), drawn.true_labels.cpu()),
+        "exact_multiset": sorted(predicted.tolist()) == sorted(drawn.true_labels.tolist()),
+        "attack_seconds": seconds,
+        "true_labels": drawn.true_labels.tolist(),
+        "predicted_labels": predicted.tolist(),
+    }
+
+
+def _attack_trial(
+    settings: Mapping[str, Any], attack: Attack, drawn: Round, result: TrialResult, out_dir: Path | None, key: str
+) -> dict[str, Any]:
+    truth, true_labels = drawn.truth, drawn.true_labels
+    progress: list[list[float]] = []
+
+    def on_progress(iteration: int, seconds: float, images: torch.Tensor) -> None:
+        order = match(images, truth)
+        progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
+
+    observation = drawn.observation
+    generator = torch.Generator(device=observation.device).manual_seed(derive_seed(settings["seed"], "attack"))
+    score_every = settings["score_every"]
+    reconstruction = attack.reconstruct(
+        observation,
+        generator=generator,
+        callback=on_progress if score_every else None,
+        callback_every=score_every,
+        progress=not settings["quiet"],
+    )
+    if not torch.isfinite(reconstruction.images).all():
+        raise FloatingPointError("the reconstruction contains NaN or inf")
+    scores = score(reconstruction.images, truth, reconstruction.labels, true_labels, LPIPS)
+    matched = reconstruction.images[torch.tensor(scores.order)]
+    result.reconstruction, result.predicted_labels = matched, reconstruction.labels
+    if out_dir is not None:
+        save_images(out_dir, key, truth, matched, settings["grid_images"])
+    trace = reconstruction.trace
+    return {
+        "status": "ok",
+        "psnr": scores.psnr,
+        "ssim": scores.ssim,
+        "lpips": scores.lpips,
+        "label_accuracy": scores.label_accuracy,
+        "iterations": trace[-1].iteration if trace else 0,
+        "attack_seconds": trace[-1].seconds if trace else 0.0,
+        "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
+        "per_image_psnr": scores.per_image_psnr,
+        "true_labels": true_labels.tolist(),
+        "predicted_labels": reconstruction.labels.tolist(),
+        "trace": [[p.iteration, p.seconds, p.objective] for p in rec.thin(trace)],
+        "progress": progress,
+    }
+
+
+def _inside_repo(path: Path) -> Path:
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _finish(record: dict[str, Any], path: Path | None, started: float) -> dict[str, Any]:
+    record["trial_seconds"] = time.perf_counter() - started
+    if path is not None:
+        rec.write_atomic(path, rec.canonical_json(record) + "\n")
+    return record
+
+
+def save_images(out_dir: Path, key: str, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
+    """A PNG grid for people (truth above, reconstruction below) and unpadded strips for the report's figures."""
+    from torchvision.utils import save_image
+
+    k = min(columns, truth.shape[0])
+    for folder in ("grids", "strips"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    pair = torch.cat([truth[:k], reconstruction[:k]]).cpu()
+    save_image(pair, out_dir / "grids" / f"{key}.png", nrow=k, padding=1, pad_value=1.0)
+    save_image(truth[:k].cpu(), out_dir / "strips" / f"{key}-truth.png", nrow=k, padding=0)
+    save_image(reconstruction[:k].cpu(), out_dir / "strips" / f"{key}-reconstruction.png", nrow=k, padding=0)
