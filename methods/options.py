@@ -120,3 +120,31 @@ def _range_problem(metadata: Mapping[str, Any], value: Any) -> str | None:
         return f"must be < {metadata['below']}"
     return None
 
+
+
+def options_table(cls: type) -> str:
+    """The Markdown table of a method's options (docs/methods/<name>.md embeds it; a test keeps it in sync)."""
+    hints = typing.get_type_hints(cls) if option_fields(cls) else {}
+    named = profiles(cls)
+    rows = [
+        "| option | type | default | " + " | ".join(named) + " | meaning |",
+        "|---" * (4 + len(named)) + "|",
+    ]
+    for name, spec in option_fields(cls).items():
+        hint = hints.get(name, Any)
+        kind = "/".join(map(str, typing.get_args(hint))) if typing.get_origin(hint) is Literal else hint.__name__
+        default = defaults(cls).get(name)
+        by_profile = [_cell(named[p][name]) if name in named[p] else "" for p in named]
+        rows.append(f"| `{name}` | {kind} | {_cell(default)} | " + " | ".join(by_profile) + f" | {_help(spec)} |")
+    return "\n".join(rows)
+
+
+def _cell(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _help(spec: dataclasses.Field) -> str:
+    bounds = {"minimum": ">= {}", "maximum": "<= {}", "above": "> {}", "below": "< {}"}
+    limits = [form.format(spec.metadata[key]) for key, form in bounds.items() if key in spec.metadata]
+    text = spec.metadata.get("help", "").replace("|", "\\|")
+    return text + (f" ({', '.join(limits)})" if limits else "")

@@ -39,3 +39,25 @@ def test_every_method_honours_the_contract(name, observation):
 def test_unknown_method_lists_the_registered_names():
     with pytest.raises(KeyError, match="unknown method 'nope'; available: .*idlg"):
         get_method("nope")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_declares_itself_once(name):
+    """Options, defaults and profiles live in the class; the runner's config and the docs follow from it."""
+    from bench.run import register_configs  # noqa: F401  (generates the method configs)
+    from bench.trial import method_node
+    from methods.options import defaults, option_fields, options_table, profiles, resolve_options
+    from tests.conftest import REPO
+
+    cls = get_method_class(name)
+    assert "iterations" in option_fields(cls), "a method's budget is its `iterations` option"
+    assert set(profiles(cls)) >= {"quick", "paper"}
+    for profile in ("quick", "paper"):
+        resolved = resolve_options(cls, profile)
+        assert set(resolved) == set(defaults(cls)) and cls(**resolved).iterations >= 1
+    assert set(method_node(name)["params"]) == set(option_fields(cls))
+    page = REPO / "docs" / "methods" / f"{name}.md"
+    assert page.is_file(), f"docs/methods/{name}.md is missing"
+    text = page.read_text()
+    stale = f"docs/methods/{name}.md's options table is stale: run python scripts/options_tables.py"
+    assert options_table(cls) in text, stale

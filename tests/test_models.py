@@ -8,7 +8,7 @@ from torch import nn
 
 from bench.errors import UserError
 from bench.models import (
-    _REGISTRY,
+    MODELS,
     build_model,
     classifier,
     list_models,
@@ -40,7 +40,7 @@ def test_unknown_model_and_option_are_user_errors():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         register_model("lenet")(lambda **kw: nn.Linear(1, 1))
-    assert "lenet" in _REGISTRY
+    assert "lenet" in MODELS
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -74,7 +74,7 @@ def test_init_is_a_pure_function_of_seed_and_leaves_global_rng_alone(name):
 @pytest.mark.parametrize("name", list_models())
 def test_builders_draw_only_from_their_generator(name):
     # build_model shields the global RNG anyway; call the builder directly to show it never needs to.
-    builder = _REGISTRY[name]
+    builder = MODELS.get(name)
     torch.manual_seed(0)
     a = builder(num_classes=5, image_shape=SHAPE, generator=torch.Generator().manual_seed(7)).state_dict()
     torch.manual_seed(99)

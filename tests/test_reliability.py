@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from bench.client import client_update
+from bench.config import SCHEMA
 from bench.data import load_dataset
+from bench.errors import UserError
 from bench.models import build_model
+from bench.run import check_command_line
 from methods.base import GradientError, Observation
 from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import comparable, records
@@ -36,6 +39,15 @@ BAD_INPUT = {
     "malformed override": (["sweep=none", "iterations=abc"], "iterations='abc' is not valid"),
     "output outside the results root": (["sweep=none", "hydra.run.dir=../escape"], "lies outside results_root"),
     "unwritable results folder": (["sweep=none", f"results_root={REPO / 'README.md'}"], "is not writable"),
+    "resolution too small for the model": (["sweep=none", "dataset.resolution=7"], "use a larger dataset.resolution"),
+    "zero threads": (["sweep=none", "threads=0"], "threads=0 is not valid; give a value >= 1"),
+    "threat model not a boolean": (["sweep=none", "labels_known=maybe"], "labels_known='maybe' is not valid"),
+    "negative learning rate": (["sweep=none", "method.params.lr=-1"], "method.params.lr=-1 is not valid for method"),
+    "zero restarts": (["sweep=none", "method=ig", "method.params.restarts=0"], "method.params.restarts=0 is not valid"),
+    "unknown method option": (["sweep=none", "method=ig", "method.params.nope=1"], "method 'ig' has no option 'nope'"),
+    "unknown launcher": (["sweep=none", "hydra/launcher=nope"], "unknown launcher 'nope'; available: basic"),
+    "unknown key": (["sweep=none", "nope=1"], "unknown key 'nope'"),
+    "bad value inside a sweep": (["sweep=smoke", "batch_size=1,0"], "batch_size=0 is not valid"),
 }
 
 
@@ -193,3 +205,33 @@ def test_out_of_memory_is_a_failed_trial_with_the_reason(run_cli, tmp_path):
     (record,) = records(out).values()
     assert record["status"] == "failed"
     assert record["reason"].startswith("out of memory (CUDA out of memory") and "lower batch_size" in record["reason"]
+
+
+def _invalid_value(key) -> str:
+    """One value the schema must refuse for ``key``, derived from its declared type, choices and range."""
+    if key.choices:
+        return "bogus"
+    if key.name == "device":
+        return "gpu"
+    return {int: "abc", float: "abc", bool: "maybe", list: "5", str: "[1,2]"}[key.kind]
+
+
+@pytest.mark.parametrize("name", [key.name for key in SCHEMA])
+def test_every_setting_refuses_an_invalid_value_before_any_trial(name):
+    """Generated from the schema: every top-level key, one invalid value, one line naming the key."""
+    key = next(k for k in SCHEMA if k.name == name)
+    overrides = ["sweep=none", f"{name}={_invalid_value(key)}"]
+    if name == "label_strategy":
+        overrides = ["sweep=none", "task=labels", "label_strategy=bogus"]
+    with pytest.raises(UserError) as error:
+        check_command_line(overrides)
+    message = str(error.value)
+    assert "\n" not in message and name in message, message
+
+
+@pytest.mark.parametrize("name", [key.name for key in SCHEMA if key.minimum is not None])
+def test_every_range_is_enforced(name):
+    key = next(k for k in SCHEMA if k.name == name)
+    below = key.minimum - 1
+    with pytest.raises(UserError, match=f"{name}={below!r} is not valid; give a value >= "):
+        check_command_line(["sweep=none", f"{name}={below}"])
