@@ -102,7 +102,10 @@ SCHEMA: tuple[Key, ...] = (
         choices=("train", "eval"), trial=True),
     Key("threads", int, 1, "torch CPU threads per trial: 1 is robust on small shared machines and reproducible",
         minimum=1, nullable=True, run_only=True),
-    Key("device", str, "auto", "auto picks CUDA when present; cpu, cuda, cuda:N, mps", run_only=True),
+    Key("device", str, "auto", "auto picks CUDA when present; cpu, cuda, cuda:N, mps (its type is part of a "
+        "trial's key)", run_only=True),
+    Key("allow_tf32", bool, False, "TF32 matmuls and convolutions on CUDA (faster, about 1e-3 off float32)",
+        trial=True),
     Key("score_every", int, 25, "score the running reconstruction every k iterations (0: never)", minimum=0,
         run_only=True),
     Key("quiet", bool, False, "true turns progress bars off", run_only=True),

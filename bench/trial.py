@@ -33,6 +33,7 @@ from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
 from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
+from bench.system import configure_device
 from methods.base import Attack, NotApplicableError, Observation, get_method_class
 from methods.labels import infer_labels
 from methods.options import option_fields
@@ -68,12 +69,29 @@ def derive_seed(seed: int, stream: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:7], "little")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, profile: str = "quick") -> torch.device:
+    """The device ``name`` stands for; ``auto`` picks CUDA when present, but never runs paper budgets on a CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if profile == "paper":
+            raise UserError(
+                "profile=paper on a machine without a GPU runs for hours per trial; pass device=cpu to mean it"
+            )
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
     return torch.device(name)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's, cuDNN's and cuBLAS's ways of running out of memory (the last two raise plain RuntimeErrors)."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory")
+    )
 
 
 def group_node(group: str, name: str) -> dict[str, Any]:
@@ -179,12 +197,18 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
     return Round(dataset, truth, true_labels, observation, dup_ratio)
 
 
-def trial_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What defines a trial, and so its record key: everything that can change its numbers."""
+def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """What defines a trial, and so its record key: everything that can change its numbers, the device included."""
     if settings["task"] == "labels":
         keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
-        return {"task": "labels", "label_strategy": settings["label_strategy"], **{k: settings[k] for k in keys}}
+        return {
+            "task": "labels",
+            "label_strategy": settings["label_strategy"],
+            "device": device.type,
+            **{k: settings[k] for k in keys},
+        }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
+    config["device"] = device.type
     options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
     config["method"] = {"name": settings["method"]["name"], **options}
     return config
@@ -203,7 +227,8 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
     schema.validate(settings)
     name = settings["method"]["name"] if settings["task"] == "attack" else settings["label_strategy"]
     attack = build_attack(settings) if settings["task"] == "attack" else None
-    config = trial_config(settings)
+    device = pick_device(settings["device"], settings["profile"])
+    config = trial_config(settings, device)
     key = rec.trial_key(config)
     path = rec.record_path(out_dir, key) if out_dir is not None else None
     if path is not None and path.exists():
@@ -213,7 +238,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
             moved = rec.set_aside(path)
             print(f"warning: {error}; moved it to {moved} and re-running the trial")
 
-    device = pick_device(settings["device"])
+    configure_device(device, allow_tf32=settings["allow_tf32"])
     record: dict[str, Any] = {
         "record_version": rec.RECORD_VERSION,
         "key": key,
@@ -251,20 +276,15 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         raise
     except NotApplicableError as error:
         outcome = {"status": "skipped", "reason": str(error)}
-    except (torch.OutOfMemoryError, MemoryError) as error:
-        outcome = {
-            "status": "failed",
-            "reason": f"out of memory ({error}); lower batch_size or use a smaller model",
-            "traceback": traceback.format_exc(),
-        }
     except Exception as error:  # a failed trial is a result: record it (with its traceback) and let the sweep go on
         if settings.get("debug"):
             traceback.print_exc()
-        outcome = {
-            "status": "failed",
-            "reason": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-        }
+        reason = f"{type(error).__name__}: {error}"
+        if is_out_of_memory(error):
+            reason = f"out of memory ({str(error).splitlines()[0]}); lower batch_size or use a smaller model"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the next trial of the sweep starts from an empty cache
+        outcome = {"status": "failed", "reason": reason, "traceback": traceback.format_exc()}
     result.record = _finish(record | outcome, path, started)
     return result
 

@@ -19,13 +19,15 @@ def run_cli(tmp_path):
 
     def run(*overrides: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-        args = [sys.executable, "-m", "bench.run", f"results_root={tmp_path}/results", "quiet=true", *overrides]
+        args = [sys.executable, "-m", "bench.run", f"results_root={tmp_path}/results", "quiet=true", *CPU, *overrides]
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
 
 
-SMOKE = ("sweep=smoke", "threads=1", "quiet=true")
+# The CLI tests compare records exactly: they pin the device (device=auto would pick a GPU where there is one).
+CPU = ("device=cpu",)
+SMOKE = ("sweep=smoke", "threads=1", "quiet=true", *CPU)
 
 
 def smoke_command(out: Path, *extra: str) -> list[str]:

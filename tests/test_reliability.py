@@ -54,7 +54,7 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path):
     overrides, expected = BAD_INPUT[case]
-    args = [sys.executable, "-m", "bench.run", "quiet=true", "iterations=2"]
+    args = [sys.executable, "-m", "bench.run", "quiet=true", "iterations=2", "device=cpu"]
     if not any(o.startswith("results_root=") for o in overrides):
         args.append(f"results_root={tmp_path}")
     done = subprocess.run([*args, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120)
