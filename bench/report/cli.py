@@ -14,13 +14,15 @@ from bench.report.tables import trials_table
 from bench.report.timeto import markdown_time_to, time_to_table
 
 
-def threshold(text: str) -> float:
+def threshold(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a PSNR in dB; give a finite number such as 20")
+        raise UserError(f"--success-psnr {text!r} is not a PSNR in dB; give a finite number such as 20")
     return value
 
 
@@ -38,7 +40,6 @@ def parser() -> argparse.ArgumentParser:
     )
     found.add_argument(
         "--success-psnr",
-        type=threshold,
         default=None,
         metavar="DB",
         help="success threshold in dB (a success is an image with PSNR >= DB); default: the records' "
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    threshold(args.success_psnr)  # checked before anything is read
     if len(args.results) > 2:
         raise UserError(f"pass one results folder (report) or two (compare), not {len(args.results)}")
     for folder in args.results:
@@ -85,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         print(text)
         print(f"table: {(folder / f'{stem}.md').resolve()}")
         return 0
-    print(write_report(folder, args.success_psnr))
+    print(write_report(folder, threshold(args.success_psnr)))
     print(f"report: {(folder / 'report.md').resolve()}")
     return 0
