@@ -56,8 +56,8 @@ def trial_row(record: Mapping[str, Any], variant: str, success_psnr: float | Non
     if row["client_mode"] is None:  # the record keeps it only inside its config
         row["client_mode"] = record_config(record).get("client_mode")
     oracle = record.get(ORACLE)
-    if isinstance(oracle, (list, tuple)) and row[PER_IMAGE[ORACLE]] is None:  # per image rather than per batch
-        row[PER_IMAGE[ORACLE]] = oracle
+    if isinstance(oracle, (list, tuple)):  # per image rather than per batch
+        row[PER_IMAGE[ORACLE]] = row[PER_IMAGE[ORACLE]] or oracle
         oracle = float(np.mean(as_numbers(oracle))) if oracle else math.nan
     row[ORACLE] = oracle
     for column in PER_IMAGE.values():
