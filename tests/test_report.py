@@ -373,7 +373,7 @@ def test_reference_floors_are_rows_lines_and_a_sentence(tmp_path):
     for size in (1, 2):
         for seed in range(2):
             # the oracle as records may carry it: one number per batch, or one per image
-            oracle = {"oracle_flat_psnr": 15.0 if seed == 0 else [16.0] * size}
+            oracle = {"oracle_flat_psnr": 15.0 + seed if size == 1 else [15.0 + seed] * size}
             records += [
                 minimal_record("ig", seed, [18.0 + seed] * size, **oracle),
                 minimal_record("noise", seed, [8.0] * size, **oracle),
