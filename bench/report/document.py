@@ -138,10 +138,10 @@ def report_markdown(
         "## Summary\n",
         "Tables: [summary.csv](summary.csv) · [summary.md](summary.md) · [summary.tex](summary.tex) "
         "(booktabs, for `\\input`) · [trials.csv](trials.csv) (one row per trial).\n",
-        f"Mean ± half-width of its {CONFIDENCE:.0%} bootstrap CI (scipy, BCa) over the ok trials' images x seeds for "
-        "PSNR and the success rate (and SSIM/LPIPS where records hold them per image), over seeds for the rest; "
-        "summary.csv holds the exact bounds. The mean alone where one unit leaves the CI undefined. Success: the "
-        f"share of images with PSNR ≥ {' / '.join(f'{t:g}' for t in thresholds) or '—'} dB. "
+        f"Mean ± half-width of its {CONFIDENCE:.0%} bootstrap CI (scipy, BCa) over the ok trials' images x seeds "
+        "for PSNR (and SSIM/LPIPS where records hold them per image), over seeds for the rest; summary.csv holds "
+        "the exact bounds. The mean alone where one unit leaves the CI undefined. Success: the share of images "
+        f"with PSNR ≥ {' / '.join(f'{t:g}' for t in thresholds) or '—'} dB, with its Wilson interval in brackets. "
         "Failed and skipped trials are counted, never averaged.\n",
         floors_text(summary),
         markdown_summary(summary),

@@ -233,8 +233,8 @@ def markdown_summary(summary: pd.DataFrame) -> str:
 def latex_summary(summary: pd.DataFrame) -> str:
     """The summary as a booktabs ``tabular`` to ``\\input`` inside a paper's ``table`` environment."""
     head = (
-        "% gia-bench summary: mean $\\pm$ half-width of the 95% bootstrap CI over images x seeds (ok trials). "
-        "Needs \\usepackage{booktabs}.\n"
+        "% gia-bench summary: mean $\\pm$ half-width of the 95% bootstrap CI over images x seeds (ok trials); "
+        "success rate [95% Wilson interval]. Needs \\usepackage{booktabs}.\n"
     )
     if summary.empty:
         return head + "% no trials\n"
