@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -95,11 +97,16 @@ def test_latex_table(results):
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
     assert not re.search(r"(?<!\\)_", body)  # every underscore escaped
     table = pd.DataFrame([{"method": "my_attack", "batch_size": 1, "dup_ratio": 0}])
-    for metric in report.METRICS:
-        table[f"{metric}_mean"], table[f"{metric}_std"] = 1.0, 0.5
+    for metric in report.STATISTICS:
+        table[f"{metric}_mean" if metric != "success_rate" else metric] = 1.0
+        table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] = 0.5, 1.5
+    table["success_rate"], table["success_rate_ci_low"], table["success_rate_ci_high"] = 0.25, 0.1, 0.6
+    table["success_psnr"], table["n_images"] = 20.0, 4
     for status in report.STATUSES:
         table[f"n_{status}"] = 1
-    assert r"my\_attack & 1 & 0 & 1.00 $\pm$ 0.50" in report.latex_summary(table)
+    tex = report.latex_summary(table)
+    assert r"my\_attack & 1 & 0 & 1.00 $\pm$ 0.50 & 0.25 [0.10, 0.60] & 1.00 $\pm$ 0.50" in tex
+    assert r"Success $\uparrow$ ($\geq$ 20 dB)" in tex
 
 
 def test_report_markdown(results):
@@ -117,9 +124,11 @@ def test_compare_with_itself_prints_zero_deltas(results, capsys):
     assert report.main([str(results), str(results)]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| dlg") or line.startswith("| idlg")]
-    assert len(rows) == 4 and "4 settings in both" in out
-    deltas = [cell.strip() for row in rows for cell in row.split("|")[4:9]]
-    assert deltas and all(re.fullmatch(r"\+0(\.0+)?", d) for d in deltas), deltas
+    # one table per metric with values (PSNR, SSIM, label accuracy, attack s, ms/iter), one row per setting
+    assert len(rows) == 4 * 5 and "4 settings in both" in out and out.count("### ") == 5
+    deltas = [row.split("|")[7].strip() for row in rows]
+    assert all(re.fullmatch(r"\+0(\.0+)?", d) for d in deltas), deltas
+    assert all(row.split("|")[9].strip() == "n/a" for row in rows)  # no nonzero difference: no Wilcoxon test
     assert snapshot(results) == before  # comparing writes nothing
 
 
@@ -127,14 +136,17 @@ def test_compare_with_modified_copy(results, tmp_path, capsys):
     copy = copy_results(results, tmp_path / "b")
     path, record = next((p, r) for p, r in records(copy).items() if r["method"] == "idlg" and r["batch_size"] == 2)
     record["psnr"] += 1.5
+    record["per_image_psnr"] = [value + 1.5 for value in record["per_image_psnr"]]
     path.write_text(json.dumps(record) + "\n")
     comparison = report.compare(results, copy)
     delta = comparison.set_index(["method", "batch_size"])["psnr_delta"]
     assert delta[("idlg", 2)] == pytest.approx(1.5) and (delta.drop(("idlg", 2)) == 0).all()
+    assert comparison.set_index(["method", "batch_size"]).loc[("idlg", 2), "psnr_n"] == 2  # two images paired
     before_a, before_b = snapshot(results), snapshot(copy)
     assert report.main([str(results), str(copy)]) == 0
-    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| idlg | 2 |")]
-    assert row.split("|")[4].strip() == "+1.50"
+    out = capsys.readouterr().out.split("### ")[1]  # the PSNR table
+    (row,) = [line for line in out.splitlines() if line.startswith("| idlg | 2 |")]
+    assert row.split("|")[7].strip() == "+1.50" and row.split("|")[8].strip() == "[+1.50, +1.50]"
     assert snapshot(results) == before_a and snapshot(copy) == before_b
 
 
@@ -186,7 +198,9 @@ def test_ok_record_with_missing_columns(results, tmp_path):
         del record[column]
     path.write_text(json.dumps(record) + "\n")
     text = report.write_report(copy)
-    assert "| SSIM |" not in text and "| PSNR (dB) |" in text and "no values: SSIM, LPIPS" in text
+    assert "| SSIM |" not in text and "| PSNR (dB) |" in text
+    (note,) = [line for line in text.splitlines() if "Not shown, no values" in line]
+    assert "SSIM" in note and "LPIPS" in note
     made = {p.stem for p in (copy / "figures").glob("*.pdf")}
     assert made == {"attack_time", "reconstructions"}  # no progress: no convergence figures
     assert "| torch | unknown |" in (copy / "report.md").read_text()
@@ -236,13 +250,15 @@ def synthetic(results: Path, target: Path, seeds: int = 2) -> Path:
                 for seed in range(seeds):
                     key = f"{method}-{size}-{ratio}-{seed}"
                     seconds = rng.uniform(1, 500)
+                    psnr = math.inf if method == "ig" and size == 1 else rng.uniform(8, 30)
                     record = template | {
                         "key": template["key"] if (method, size, ratio, seed) == ("dlg", 1, 0.0, 0) else key,
                         "method": method,
                         "batch_size": size,
                         "dup_ratio": ratio,
                         "seed": seed,
-                        "psnr": "inf" if method == "ig" and size == 1 else rng.uniform(8, 30),
+                        "psnr": "inf" if math.isinf(psnr) else psnr,
+                        "per_image_psnr": ["inf" if math.isinf(psnr) else psnr] * size,
                         "ssim": rng.uniform(0, 1),
                         "lpips": rng.uniform(0, 1),
                         "attack_seconds": seconds,
@@ -264,3 +280,196 @@ def test_larger_sweep_draws_every_figure(results, tmp_path):
     assert len(summary) == 5 * 5 * 3 and summary.n_skipped.sum() == 5
     assert "inf" in (folder / "summary.md").read_text()  # a perfect reconstruction stays visible
     assert "Not drawn" not in (folder / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- statistics, floors, compare, time-to
+
+
+def minimal_record(method: str, seed: int, per_image: list[float], **fields) -> dict:
+    """A hand-made ok record with just what the report reads (no trial behind it)."""
+    key = f"{method}-{fields.get('batch_size', len(per_image))}-{seed}-{fields.pop('tag', '')}"
+    return {
+        "record_version": 1,
+        "key": key,
+        "task": "attack",
+        "status": "ok",
+        "method": method,
+        "dataset": "crops",
+        "model": "convnet",
+        "batch_size": len(per_image),
+        "dup_ratio": 0,
+        "seed": seed,
+        "psnr": sum(per_image) / len(per_image),
+        "per_image_psnr": per_image,
+        "label_accuracy": 1.0,
+        "attack_seconds": 1.0,
+        "true_labels": list(range(len(per_image))),
+    } | fields
+
+
+def folder_of(path: Path, records: list[dict]) -> Path:
+    (path / "records").mkdir(parents=True)
+    for record in records:
+        write_record(path, record["key"], record)
+    return path
+
+
+def test_bootstrap_ci_against_hand_computed_cases():
+    from scipy import stats
+
+    # two values a < b: a resample's mean is a, (a+b)/2 or b with probability 1/4, 1/2, 1/4, so the
+    # 2.5% and 97.5% points of the bootstrap distribution are a and b exactly
+    assert report.bootstrap_ci([3.0, 7.0]) == (3.0, 7.0)
+    # 0..399: mean 199.5, sample std sqrt(400 * 401 / 12) = 115.76, standard error 5.788; for a sample this
+    # large the bootstrap CI is the normal one, 199.5 ± 1.96 * 5.788 = [188.16, 210.84], to Monte Carlo error
+    low, high = report.bootstrap_ci(list(range(400)))
+    assert low == pytest.approx(188.16, abs=0.6) and high == pytest.approx(210.84, abs=0.6)
+    # it is scipy's BCa bootstrap with a fixed seed: the same numbers as scipy called directly
+    data = [12.1, 15.3, 9.8, 20.4, 17.7, 11.0, 14.2]
+    direct = stats.bootstrap((np.array(data),), np.mean, method="BCa", rng=np.random.default_rng(0))
+    assert report.bootstrap_ci(data) == (direct.confidence_interval.low, direct.confidence_interval.high)
+    assert report.bootstrap_ci(data) == report.bootstrap_ci(list(data))  # reproducible
+    # degenerate inputs: one value has no interval, equal values a zero-width one, inf none
+    assert all(math.isnan(v) for v in report.bootstrap_ci([5.0]))
+    assert report.bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert all(math.isnan(v) for v in report.bootstrap_ci([5.0, 6.0, math.inf]))
+
+
+def test_success_rate_and_its_interval_on_known_inputs(tmp_path):
+    from bench.report.stats import proportion_interval
+
+    assert report.success_rate([10.0, 20.0, 25.0, 19.99]) == 0.5  # >= 20 dB counts
+    assert report.success_rate([10.0, 20.0, 25.0, 19.99], threshold=25.0) == 0.25
+    assert report.success_rate([math.nan, 30.0]) == 1.0 and math.isnan(report.success_rate([]))
+    # Wilson's interval by hand: k = 1 of n = 4, z = 1.959964
+    z, k, n = 1.959964, 1, 4
+    centre, half = (k + z**2 / 2) / (n + z**2), z / (n + z**2) * math.sqrt(k * (n - k) / n + z**2 / 4)
+    found = proportion_interval([1.0, 0.0, 0.0, 0.0])
+    assert found.mean == 0.25
+    assert found.low == pytest.approx(centre - half) and found.high == pytest.approx(centre + half)
+    assert proportion_interval([0.0, 0.0, 0.0]).high == pytest.approx(z**2 / (3 + z**2))  # not zero width at 0
+    # in the summary: images x seeds pooled, the threshold from the records' config, else a CLI override
+    records = [
+        minimal_record("ig", 0, [25.0, 15.0], config={"success_psnr": 20}),
+        minimal_record("ig", 1, [21.0, 19.0], config={"success_psnr": 20}),
+    ]
+    folder = folder_of(tmp_path / "success", records)
+    report.write_report(folder)
+    row = pd.read_csv(folder / "summary.csv").iloc[0]
+    assert row.success_rate == 0.5 and row.success_psnr == 20 and row.n_images == 4
+    assert row.psnr_mean == pytest.approx(20.0) and row.psnr_ci_low < 20.0 < row.psnr_ci_high
+    assert "success (≥ 20 dB)" in (folder / "summary.md").read_text()
+    assert pd.read_csv(folder / "trials.csv").success_rate.tolist() == [0.5, 0.5]
+    assert report.main([str(folder), "--success-psnr", "18"]) == 0
+    assert pd.read_csv(folder / "summary.csv").iloc[0].success_rate == 0.75  # 15 dB still fails
+    assert report.main([str(folder), "--success-psnr", "x"]) == 2
+
+
+def test_reference_floors_are_rows_lines_and_a_sentence(tmp_path):
+    from bench.report.figures import metric_figure
+    from bench.report.styles import figure_style
+
+    records = []
+    for size in (1, 2):
+        for seed in range(2):
+            # the oracle as records may carry it: one number per batch, or one per image
+            oracle = {"oracle_flat_psnr": 15.0 + seed if size == 1 else [15.0 + seed] * size}
+            records += [
+                minimal_record("ig", seed, [18.0 + seed] * size, **oracle),
+                minimal_record("noise", seed, [8.0] * size, **oracle),
+                minimal_record("mean", seed, [13.0 + seed] * size, **oracle),
+            ]
+    folder = folder_of(tmp_path / "floors", records)
+    text = report.write_report(folder)
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary.method.tolist() == ["ig", "mean", "noise"] * 2  # references last in every setting
+    assert summary.oracle_flat_psnr_mean.tolist() == [15.5] * 6 and "flat-colour PSNR" in text
+    markdown = (folder / "report.md").read_text()
+    (sentence,) = [line for line in markdown.splitlines() if line.startswith("**What a method must beat.**")]
+    assert "`mean`, 13.50 dB" in sentence and "`noise` 8.00 dB" in sentence and "15.50 dB" in sentence
+    assert "2 of 2 attack rows" in sentence
+    trials = report.trials_table(folder)
+    with figure_style():
+        figure = metric_figure(trials[trials.status == "ok"], "batch_size", "psnr", ["batch_size"])
+    ax = figure.axes[0]
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]  # not the error bars' caps
+    dashed = {line.get_label(): line.get_ydata()[0] for line in lines if line.get_linestyle() not in ("-", "None")}
+    assert dashed == {"mean": 13.5, "noise": 8.0, "flat colour (oracle)": 15.5}
+    assert "ig" in ax.get_legend_handles_labels()[1]
+
+
+def test_paired_compare_with_wilcoxon(tmp_path):
+    from scipy import stats
+
+    base = [[10.0, 12.0, 14.0], [11.0, 13.0, 9.0], [15.0, 16.0, 10.0]]
+    shifts = [[0.5, 1.0, 1.5], [2.0, -0.5, 1.0], [0.25, 3.0, 0.75]]
+    a = folder_of(tmp_path / "a", [minimal_record("ig", s, base[s]) for s in range(3)])
+    b_records = [minimal_record("ig", s, [x + d for x, d in zip(base[s], shifts[s], strict=True)]) for s in range(3)]
+    b_records.append(minimal_record("ig", 3, [1.0, 2.0, 3.0]))  # a seed only B holds: not paired
+    b = folder_of(tmp_path / "b", b_records)
+    (row,) = report.compare(a, b).to_dict("records")
+    differences = [d for seed in shifts for d in seed]
+    assert row["psnr_n"] == 9 and row["n_paired"] == 3 and row["n_ok_b"] == 4
+    assert row["psnr_delta"] == pytest.approx(np.mean(differences))
+    assert row["psnr_a"] == pytest.approx(np.mean(base))
+    assert row["psnr_ci_low"] < row["psnr_delta"] < row["psnr_ci_high"]
+    assert (row["psnr_ci_low"], row["psnr_ci_high"]) == report.bootstrap_ci(differences)
+    assert row["psnr_p"] == pytest.approx(stats.wilcoxon(differences).pvalue)
+    assert row["label_accuracy_n"] == 3 and math.isnan(row["label_accuracy_p"])  # per trial; no difference
+    # a pair that saw different batches (true labels differ) cannot be paired image by image
+    mismatched = minimal_record("ig", 0, base[0]) | {"true_labels": [7, 8, 9]}
+    write_record(b, mismatched["key"], mismatched)
+    comparison = report.compare(a, b)
+    assert comparison.attrs["mismatched"] == 1 and comparison.iloc[0].n_paired == 2
+    assert "1 trial pairs left out" in report.markdown_comparison(comparison)
+
+
+def test_time_to_reference_on_constructed_progress(tmp_path, capsys):
+    def progress(*psnrs: float, seconds_per_point: float = 1.0) -> list[list[float]]:
+        return [[25 * (i + 1), seconds_per_point * (i + 1), p] for i, p in enumerate(psnrs)]
+
+    records = []
+    for seed, (afgi, final) in enumerate([((10, 17, 18.5, 19), 19.0), ((10, 12, 14, 15), 15.0), ((12, 18, 19), 19.0)]):
+        records.append(minimal_record("ig", seed, [18.0], attack_seconds=10.0, progress=progress(12, 16, 18)))
+        records.append(minimal_record("afgi", seed, [final], attack_seconds=4.0, progress=progress(*afgi)))
+        records.append(minimal_record("noise", seed, [8.0]))  # a reference method: not timed
+    records.append(minimal_record("afgi", 9, [19.0], progress=progress(19)))  # no ig on seed 9: not paired
+    folder = folder_of(tmp_path / "timeto", records)
+    (row,) = report.time_to_table(report.trials_table(folder), "ig").to_dict("records")
+    # seeds reach 18 dB at the 3rd, never, and the 2nd scored point (1 s apart): 3 s, inf, 2 s of ig's 10 s
+    assert row["method"] == "afgi" and row["seeds"] == 3 and row["reached"] == 2
+    assert row["reached_seconds"] == 3.0 and row["ratio"] == pytest.approx(0.3)
+    assert row["reference_psnr"] == 18.0 and row["reference_seconds"] == 10.0 and row["final_at_least_reference"] == 2
+    assert row["score_every"] == 25 and row["scored_seconds"] == 1.0
+    assert report.main([str(folder), "--time-to", "ig"]) == 0
+    out = capsys.readouterr().out
+    assert "| afgi | 1 | 0 | 3 | 18.00 | 10 | 3 | 0.30 | 2/3 | 19.00 | 2/3 | 25, 1 |" in out
+    assert "every 25 iterations" in out and "rounded up to the next scored point" in out
+    assert (folder / "time_to_ig.md").read_text() in out and len(pd.read_csv(folder / "time_to_ig.csv")) == 1
+    assert report.main([str(folder), "--time-to", "dlg"]) == 2  # no such method here: one-line error
+    assert "no ok trial of method 'dlg'" in capsys.readouterr().err
+
+
+def test_a_new_method_gets_a_colour_and_marker_automatically(monkeypatch):
+    import methods
+
+    before = report.method_styles(methods.list_methods())
+    # a name the registry does not know (a plugin's records) gets a colour no registered method has
+    unknown = report.method_styles(["dlg", "brand_new"])["brand_new"]
+    assert unknown.colour not in {s.colour for s in before.values()}
+
+    class BrandNew:
+        name, paper = "brand_new", "Someone. A New Attack. 2031"
+
+    class Floor:
+        name, paper, reference = "floor", "", True
+
+    registry = {n: methods.get_method_class(n) for n in methods.list_methods()}
+    registry |= {"brand_new": BrandNew, "floor": Floor}
+    monkeypatch.setattr(methods, "list_methods", lambda: sorted(registry))
+    monkeypatch.setattr(methods, "get_method_class", registry.__getitem__)
+    after = report.method_styles(registry)
+    assert {n: after[n] for n in before} == before  # the newest method is appended: no colour moves
+    assert after["brand_new"].colour not in {s.colour for s in before.values()} and after["brand_new"].line == "-"
+    assert report.is_reference("floor") and after["floor"].line == "--"  # the class attribute marks a reference
+    assert report.method_order(["floor", "brand_new", "dlg"]) == ["dlg", "brand_new", "floor"]
