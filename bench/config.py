@@ -116,6 +116,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("cache_dir", str, ".cache/gia-bench", "trained models and other caches", run_only=True),
     Key("grid_images", int, 8, "images per row in a trial's PNG grid (first k of the batch)", minimum=1,
         run_only=True),
+    Key("success_psnr", float, 20.0, "an image counts as reconstructed at this PSNR (dB) or above: the "
+        "reports' success rate", run_only=True),
     Key("sweep_name", str, "single", "the results subfolder; set by each sweep file", run_only=True),
 )
 SETTINGS = {key.name: key for key in SCHEMA}

@@ -151,18 +151,18 @@ class ReportCallback(Callback):
         ACTIVE_OUTPUT.append(out_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(Path(config.hydra.run.dir))
+        self._report(Path(config.hydra.run.dir), config.success_psnr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(Path(config.hydra.sweep.dir))
+        self._report(Path(config.hydra.sweep.dir), config.success_psnr)
 
     @staticmethod
-    def _report(out_dir: Path) -> None:
+    def _report(out_dir: Path, success_psnr: float) -> None:
         from bench.report import write_report
 
         if not (out_dir / "records").is_dir():
             return
-        summary = write_report(out_dir)
+        summary = write_report(out_dir, success_psnr=success_psnr)
         print(summary)
         print(f"results: {out_dir.resolve()}")
 
