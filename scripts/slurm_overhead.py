@@ -100,11 +100,11 @@ def main() -> None:
         for repeat in range(args.repeats):
             out = Path(root) / f"sweep{repeat}"
             command = [sys.executable, "-m", "bench.run", "sweep=smoke", "quiet=true", f"results_root={root}"]
-            began = time.perf_counter()
+            began = time.time()
             done = subprocess.run(
                 [*command, f"hydra.sweep.dir={out}", *launcher], cwd=REPO, capture_output=True, text=True
             )
-            wall = time.perf_counter() - began
+            ended = time.time()
             if done.returncode != 0:
                 raise SystemExit(f"the sweep failed:\n{done.stderr[-2000:]}")
             jobs = job_times(out)
@@ -115,8 +115,12 @@ def main() -> None:
                     f"{job.recorded - job.ready:9.2f} {job.trial_seconds:6.2f} {job.overhead:8.2f}"
                 )
             medians.append(statistics.median(job.overhead for job in jobs))
+            first_submission = min(job.submitted for job in jobs)
+            last_record = max(job.recorded for job in jobs)
             print(
-                f"sweep {repeat}: {wall:.1f} s wall (submitter included); median overhead {medians[-1]:.2f} s per job"
+                f"sweep {repeat}: {ended - began:.1f} s wall: {first_submission - began:.1f} s to submit, "
+                f"{last_record - first_submission:.1f} s of jobs, {ended - last_record:.1f} s after the last record "
+                f"(report); median overhead {medians[-1]:.2f} s per job"
             )
     if len(medians) > 1:
         print(f"median overhead per job, per sweep: {', '.join(f'{m:.2f}' for m in medians)} s")

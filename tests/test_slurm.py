@@ -1,8 +1,8 @@
 """The SLURM launcher on a real cluster: one job per trial, resumable, failures recorded, one report at the end.
 
-Runs when ``sbatch`` is on PATH and a controller answers (``scripts/slurm_local.sh up`` starts a
-single-node one; CI does). The jobs go to the partition in GIA_BENCH_SLURM_PARTITION (default
-``debug``, the local cluster's), one CPU and 2 GB each.
+The tests marked ``slurm`` run when ``sbatch`` is on PATH and a controller answers
+(``scripts/slurm_local.sh up`` starts a single-node one; CI does). Their jobs go to the partition in
+GIA_BENCH_SLURM_PARTITION (default ``debug``, the local cluster's), one CPU and 2 GB each.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,8 +21,6 @@ import pytest
 
 from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import records
-
-pytestmark = pytest.mark.slurm
 
 PARTITION = os.environ.get("GIA_BENCH_SLURM_PARTITION", "debug")
 LAUNCHER = (
@@ -116,6 +115,7 @@ def slurm_smoke(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedPr
     return out, slurm_sweep(out)
 
 
+@pytest.mark.slurm
 def test_smoke_sweep_through_slurm_writes_the_basic_launchers_records(slurm_smoke, smoke_results):
     out, done = slurm_smoke
     assert done.returncode == 0, done.stderr[-3000:]
@@ -123,6 +123,7 @@ def test_smoke_sweep_through_slurm_writes_the_basic_launchers_records(slurm_smok
     assert records(out) == records(smoke_results)
 
 
+@pytest.mark.slurm
 def test_the_report_is_built_once_after_every_job_has_ended(slurm_smoke):
     out, done = slurm_smoke
     assert done.returncode == 0, done.stderr[-3000:]
@@ -136,6 +137,7 @@ def test_the_report_is_built_once_after_every_job_has_ended(slurm_smoke):
     assert len(pd.read_csv(out / "trials.csv")) == 4
 
 
+@pytest.mark.slurm
 def test_no_sacct_warnings_without_accounting(slurm_smoke):
     _, done = slurm_smoke
     assert "sacct" not in done.stdout + done.stderr
@@ -164,6 +166,7 @@ def wait_until_gone(jobs: list[str], timeout: float = 300) -> None:
     raise AssertionError(f"jobs {jobs} still queued or running after {timeout:.0f} s")
 
 
+@pytest.mark.slurm
 def test_resubmitting_after_scancel_completes_the_sweep_with_identical_records(cluster, tmp_path, smoke_results):
     out = tmp_path / "cancelled"
     process = subprocess.Popen(
@@ -190,6 +193,7 @@ def test_resubmitting_after_scancel_completes_the_sweep_with_identical_records(c
         assert (out / "records" / name).read_text() == text
 
 
+@pytest.mark.slurm
 def test_a_trial_that_raises_in_its_job_is_recorded_as_failed_and_the_sweep_finishes(cluster, tmp_path):
     plugin = tmp_path / "fails_on_pairs.py"
     plugin.write_text(FAILING_PLUGIN)
@@ -204,3 +208,22 @@ def test_a_trial_that_raises_in_its_job_is_recorded_as_failed_and_the_sweep_fini
     summary = pd.read_csv(out / "summary.csv")
     assert summary["n_failed"].sum() == 1 and summary["n_ok"].sum() == 1
     assert done.stdout.count("results: ") == 1
+
+
+def test_job_states_come_from_squeue_and_a_job_that_left_the_queue_has_ended(monkeypatch):
+    pytest.importorskip("submitit", reason='hydra-submitit-launcher is not installed: pip install -e ".[slurm]"')
+    from bench.slurm import LEFT_QUEUE, QueueInfoWatcher
+
+    squeue = "41_0|COMPLETED|node1\n41_1|RUNNING|node1\n41_2|PENDING|\n"
+    watcher = QueueInfoWatcher(delay_s=60)
+    for job in ("41_0", "41_1", "41_2", "41_3"):
+        watcher.register_job(job)
+    assert watcher._make_command()[0] == "squeue"
+    monkeypatch.setattr(
+        watcher, "_make_command", lambda: [sys.executable, "-c", f"print({squeue!r})"]
+    )  # squeue's answer, replayed
+    watcher.update()
+    states = {job: watcher.get_state(job, mode="cache") for job in ("41_0", "41_1", "41_2", "41_3")}
+    # 41_3 is not listed: cancelled while pending, or purged after MinJobAge. It has ended; nothing waits for it.
+    assert states == {"41_0": "COMPLETED", "41_1": "RUNNING", "41_2": "PENDING", "41_3": LEFT_QUEUE}
+    assert [watcher.is_done(job, mode="cache") for job in sorted(states)] == [True, False, False, True]
