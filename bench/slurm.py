@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-# The state given to a job the controller no longer lists (it ended more than MinJobAge ago).
+# The state given to a job the controller no longer lists (ended over MinJobAge ago, or cancelled while pending).
 LEFT_QUEUE = "LEFT_QUEUE"
 ACCOUNTING_OFF = "accounting storage is disabled"
 
