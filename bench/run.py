@@ -38,9 +38,9 @@ from bench import records as rec
 from bench.client import client_update
 from bench.data import ImageDataset, load_dataset
 from bench.errors import InfeasibleBatchError, UserError
-from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
+from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.models import prepare_model
-from bench.sampler import min_feasible_dup_ratio, sample_batch
+from bench.sampler import check_composition, min_feasible_dup_ratio, sample_batch
 from bench.system import tune_malloc
 from methods.base import NotApplicableError
 from methods.labels import infer_labels, list_label_strategies
@@ -120,13 +120,19 @@ def trial_config(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task == "labels":
         keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
         config = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-        return {"task": "labels", "label_strategy": cfg.label_strategy, **config}
+        return {"task": "labels", "label_strategy": cfg.label_strategy, **config, **_composition(cfg)}
     config = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in TRIAL_KEYS
     }
     config["method"] = {"name": cfg.method.name, **method_params(cfg)}
-    return config
+    return config | _composition(cfg)
+
+
+def _composition(cfg: DictConfig) -> dict[str, Any]:
+    """Skewed batches join the trial key; even ones add nothing, so their keys (and records) stay as they were."""
+    composition = cfg.get("composition", "even")
+    return {} if composition == "even" else {"composition": composition, "alpha": cfg.get("alpha", 0.5)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,6 +198,7 @@ def _check_settings(cfg: DictConfig) -> None:
         raise UserError(f"client_mode={cfg.client_mode!r} is not valid; use client_mode=train or client_mode=eval")
     if cfg.task not in TASKS:
         raise UserError(f"task={cfg.task!r} is not valid; use one of {', '.join(TASKS)}")
+    check_composition(cfg.get("composition", "even"), cfg.get("alpha", 0.5))
     if cfg.model.state not in ("untrained", "trained"):
         raise UserError(
             f"model.state={cfg.model.state!r} is not valid; use model.state=untrained or model.state=trained"
@@ -214,7 +221,15 @@ def _draw_round(cfg: DictConfig, device: torch.device) -> tuple[ImageDataset, to
     """data -> client update: the batch, its labels and what the attacker observes."""
     dataset = _dataset(rec.canonical_json(OmegaConf.to_container(cfg.dataset, resolve=True)))
     dup_ratio = _resolve_dup_ratio(cfg, dataset)
-    indices = sample_batch(dataset.labels, dataset.num_classes, cfg.batch_size, dup_ratio, cfg.seed)
+    indices = sample_batch(
+        dataset.labels,
+        dataset.num_classes,
+        cfg.batch_size,
+        dup_ratio,
+        cfg.seed,
+        cfg.get("composition", "even"),
+        cfg.get("alpha", 0.5),
+    )
     truth, true_labels = dataset.batch(indices)
     truth, true_labels = truth.to(device), true_labels.to(device)
     model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", "state")}
@@ -281,6 +296,7 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "profile": cfg.profile,
         "batch_size": cfg.batch_size,
         "dup_ratio": cfg.dup_ratio,
+        "composition": cfg.get("composition", "even"),
         "seed": cfg.seed,
         "labels_known": cfg.labels_known,
         "config": config,
@@ -354,6 +370,7 @@ def _attack_trial(
     if not torch.isfinite(result.images).all():
         raise FloatingPointError("the reconstruction contains NaN or inf")
     scores = score(result.images, truth, result.labels, true_labels, LPIPS)
+    oracle_flat = flat_colour_psnr(truth)  # the oracle floor: each true image's own mean colour, flat
     trace = result.trace
     _save_images(out_dir, key, truth, result.images[torch.tensor(scores.order)], cfg.grid_images)
     return {
@@ -366,6 +383,9 @@ def _attack_trial(
         "attack_seconds": trace[-1].seconds if trace else 0.0,
         "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
         "per_image_psnr": scores.per_image_psnr,
+        "per_image_ssim": scores.per_image_ssim,
+        "oracle_flat_psnr": sum(oracle_flat) / len(oracle_flat),
+        "per_image_oracle_flat_psnr": oracle_flat,
         "true_labels": true_labels.tolist(),
         "predicted_labels": result.labels.tolist(),
         "trace": [[p.iteration, p.seconds, p.objective] for p in _thin(trace)],

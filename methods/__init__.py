@@ -1,6 +1,6 @@
 """Gradient inversion attacks. Importing this package registers every built-in method."""
 
-from methods import afgi, dlg, gradinversion, idlg, ig, lrb  # noqa: F401  (imported for their registration)
+from methods import afgi, dlg, gradinversion, idlg, ig, lrb, mean, noise  # noqa: F401  (imported for their registration)
 from methods.base import (
     Attack,
     Observation,
@@ -8,6 +8,7 @@ from methods.base import (
     TracePoint,
     get_method,
     get_method_class,
+    is_reference,
     list_methods,
     register_method,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "TracePoint",
     "get_method",
     "get_method_class",
+    "is_reference",
     "list_methods",
     "register_method",
 ]

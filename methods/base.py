@@ -114,6 +114,9 @@ class Attack(Protocol):
 
     name: ClassVar[str]
     paper: ClassVar[str]
+    # True for reference floors (``noise``, ``mean``): they read no gradient for their images, so a report shows
+    # them as the line an attack must clear. Attacks leave it out or set False; read it with ``is_reference``.
+    reference: ClassVar[bool] = False
 
     def reconstruct(
         self,
@@ -160,6 +163,11 @@ def get_method_class(name: str) -> type:
         return _METHODS[name]
     except KeyError:
         raise UnknownNameError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
+
+
+def is_reference(method: type | object) -> bool:
+    """Whether an attack class (or instance) is a reference floor rather than an attack."""
+    return bool(getattr(method, "reference", False))
 
 
 def get_method(name: str, **config: Any) -> Attack:

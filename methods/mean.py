@@ -1,0 +1,40 @@
+"""``mean``: a reference floor, not an attack. The dataset's mean image for every sample.
+
+The attacker knows the data only through the Observation's normalisation, so the mean image is the image
+whose model-space value is 0: a flat image of the normalisation mean. The gradient is never read for the
+images (docs/methods/mean.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.labels import labels_for
+
+
+@register_method()
+@dataclass
+class Mean:
+    name: ClassVar[str] = "mean"
+    paper: ClassVar[str] = "reference floor: the dataset's mean image (no paper)"
+    reference: ClassVar[bool] = True
+
+    label_strategy: str = "lrb"  # the labels come from the shared strategy; the images use no gradient
+    iterations: int | None = None  # accepted and ignored, so that a sweep-wide iterations=N applies to every method
+
+    def reconstruct(
+        self,
+        observation: Observation,
+        *,
+        generator: torch.Generator,
+        callback: ProgressCallback | None = None,
+        callback_every: int = 0,
+        progress: bool = False,
+    ) -> Reconstruction:
+        zero = torch.zeros((observation.batch_size, *observation.image_shape), device=observation.device)
+        images = observation.denormalise(zero).clamp(0, 1)
+        return Reconstruction(images=images, labels=labels_for(observation, self.label_strategy))
