@@ -1,6 +1,6 @@
 """LRB against the other label strategies on skewed batches of a trained model (docs/labels.md), through sweep=labels.
 
-Slow (about 170 label trials and three trained models): `pytest -m slow tests/test_labels_skewed.py`.
+Slow (144 label trials and three trained models): `pytest -m slow tests/test_labels_skewed.py`.
 """
 
 import pandas as pd

@@ -190,3 +190,21 @@ def test_bad_composition_is_one_line_and_exit_2(run_cli):
     assert done.stderr.strip().splitlines() == [
         "error: alpha must be a positive number (the Dirichlet concentration, e.g. alpha=0.5), got -1"
     ]
+
+
+def test_composition_joins_the_trial_key_only_when_skewed():
+    from hydra import compose, initialize_config_dir
+
+    from bench.run import REPO_ROOT, trial_config
+
+    def config(*overrides):
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return trial_config(compose("config", overrides=["sweep=none", *overrides]))
+
+    for task in ("task=attack", "task=labels"):
+        even = config(task)
+        assert "composition" not in even and "alpha" not in even  # even trials keep the keys they had
+        assert config(task, "alpha=2") == even  # alpha means nothing without dirichlet
+        skewed = config(task, "composition=dirichlet")
+        assert skewed == {**even, "composition": "dirichlet", "alpha": 0.5}
+        assert config(task, "composition=dirichlet", "alpha=2") != skewed
