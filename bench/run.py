@@ -375,6 +375,7 @@ def _attack_trial(
     _save_images(out_dir, key, truth, result.images[torch.tensor(scores.order)], cfg.grid_images)
     return {
         "status": "ok",
+        "reference": methods.is_reference(attack),  # a floor (noise, mean), not an attack: reports draw it as a line
         "psnr": scores.psnr,
         "ssim": scores.ssim,
         "lpips": scores.lpips,

@@ -102,7 +102,7 @@ def test_a_trial_records_the_oracle_floor_and_per_image_ssim(run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     (path,) = (out / "records").glob("*.json")
     record = json.loads(path.read_text())
-    assert record["status"] == "ok" and record["iterations"] == 0
+    assert record["status"] == "ok" and record["iterations"] == 0 and record["reference"] is True
     assert len(record["per_image_oracle_flat_psnr"]) == 4 and len(record["per_image_ssim"]) == 4
     assert record["oracle_flat_psnr"] == pytest.approx(sum(record["per_image_oracle_flat_psnr"]) / 4)
     assert record["ssim"] == pytest.approx(sum(record["per_image_ssim"]) / 4)
