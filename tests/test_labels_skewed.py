@@ -1,6 +1,7 @@
 """LRB against the other label strategies on skewed batches of a trained model (docs/labels.md), through sweep=labels.
 
-Slow (144 label trials and three trained models): `pytest -m slow tests/test_labels_skewed.py`.
+Slow (144 label trials, three trained models; 5.5 min on 2 shared cores with the models cached):
+`pytest -m slow tests/test_labels_skewed.py`.
 """
 
 import pandas as pd
