@@ -37,6 +37,7 @@ class Key:
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    above: float | None = None  # exclusive lower bound
     nullable: bool = False
     also: tuple[str, ...] = ()  # literal words accepted besides the type, e.g. dup_ratio=least
     trial: bool = False
@@ -57,6 +58,8 @@ class Key:
             return f"give {words[self.kind]}{extra}, e.g. {self.name}={self.show_example()}"
         if self.minimum is not None and value < self.minimum:
             return f"give a value >= {self.minimum:g}, e.g. {self.name}={self.show_example()}"
+        if self.above is not None and value <= self.above:
+            return f"give a value > {self.above:g}, e.g. {self.name}={self.show_example()}"
         if self.maximum is not None and value > self.maximum:
             return f"give a value <= {self.maximum:g}"
         if self.name == "device" and not DEVICE_PATTERN.match(value):
@@ -92,6 +95,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("batch_size", int, 1, "images in the client's batch", minimum=1, trial=True),
     Key("dup_ratio", float, 0.0, "0: all labels distinct, 1: all the same, least: the least the dataset allows",
         minimum=0, maximum=1, also=("least",), trial=True, example="0.5"),
+    Key("composition", str, "even", "how a batch spreads over its classes: even (as evenly as possible) or "
+        "dirichlet (skewed counts, as on real clients)", choices=("even", "dirichlet")),
+    Key("alpha", float, 0.5, "Dirichlet concentration of composition=dirichlet (smaller: more skewed)", above=0),
     Key("seed", int, 0, "seeds the batch, the model initialisation and the attack's initialisation", minimum=0,
         trial=True),
     Key("seeds", int, 1, "how many seeds a sweep runs (0..seeds-1)", minimum=1, run_only=True),

@@ -47,6 +47,18 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     )
 
 
+def flat_colour_psnr(truth: Tensor) -> list[float]:
+    """Per image, the PSNR of a flat image of that image's own mean colour (per-channel mean over its pixels).
+
+    An oracle floor: it needs the true image, so no attack can output it, but an attack that beats it by little has
+    recovered hardly more than each image's average colour.
+    """
+    with torch.inference_mode():
+        truth = truth.detach().clamp(0, 1).double()
+        flat = truth.mean(dim=(-2, -1), keepdim=True).expand_as(truth)
+        return [float(v) for v in psnr(flat, truth)]
+
+
 class LPIPSScorer:
     """LPIPS (AlexNet) that reports NaN, with one warning, when the backbone weights are not on disk.
 
@@ -104,6 +116,7 @@ class Scores:
     lpips: float
     label_accuracy: float
     per_image_psnr: list[float]
+    per_image_ssim: list[float]
     order: list[int]
 
 
@@ -116,11 +129,13 @@ def score(
         order = match(recon, truth)
         matched = recon[order]
         per_psnr = psnr(matched, truth)
+        per_ssim = ssim(matched, truth)
         return Scores(
             psnr=float(per_psnr.mean()),
-            ssim=float(ssim(matched, truth).mean()),
+            ssim=float(per_ssim.mean()),
             lpips=float(lpips(matched, truth).mean()),
             label_accuracy=label_accuracy(predicted_labels.cpu(), true_labels.cpu()),
             per_image_psnr=[float(v) for v in per_psnr],
+            per_image_ssim=[float(v) for v in per_ssim],
             order=order.tolist(),
         )

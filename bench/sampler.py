@@ -1,8 +1,11 @@
 """Seeded batch sampling with a controlled amount of label duplication.
 
 A batch of ``B`` images with duplication ratio ``r`` in [0, 1] has ``k = B - round_half_up(r * (B - 1))`` distinct
-labels: ``r = 0`` gives ``B`` distinct labels, ``r = 1`` gives one label for the whole batch. The ``B`` images are
-spread over the ``k`` classes as evenly as possible (``B // k`` each, the first ``B % k`` classes one more).
+labels: ``r = 0`` gives ``B`` distinct labels, ``r = 1`` gives one label for the whole batch. With
+``composition="even"`` the ``B`` images are spread over the ``k`` classes as evenly as possible (``B // k`` each, the
+first ``B % k`` classes one more). With ``composition="dirichlet"`` the class counts are skewed, as on real clients:
+``1 + `` the largest-remainder rounding of ``(B - k) * p`` with ``p ~ Dirichlet(alpha, ..., alpha)``, so every class
+has at least one image and the counts sum to ``B``; small ``alpha`` gives a dominant class, large ``alpha`` even counts.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import numbers
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 from bench.errors import InfeasibleBatchError, UserError
@@ -33,6 +37,34 @@ def _check_dup_ratio(dup_ratio: object) -> float:
             f"dup_ratio must be a number in [0, 1] (0 = all labels distinct, 1 = all equal), got {dup_ratio!r}"
         )
     return float(dup_ratio)
+
+
+COMPOSITIONS = ("even", "dirichlet")
+
+
+def check_composition(composition: object, alpha: object) -> tuple[str, float]:
+    if composition not in COMPOSITIONS:
+        raise UserError(f"composition must be one of {', '.join(COMPOSITIONS)}, got {composition!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or not 0 < alpha:
+        raise UserError(f"alpha must be a positive number (the Dirichlet concentration, e.g. alpha=0.5), got {alpha!r}")
+    return str(composition), float(alpha)
+
+
+def dirichlet_counts(batch_size: int, k: int, alpha: float, seed: int) -> list[int]:
+    """Skewed class counts, largest first: ``k`` integers >= 1 summing to ``batch_size``, a pure function of the args.
+
+    The ``batch_size - k`` images beyond one per class are shared out in proportion to ``p ~ Dirichlet(alpha)``
+    (largest remainder; ties to the lower index), drawn from a NumPy generator seeded with ``seed`` alone.
+    """
+    if not 1 <= k <= batch_size:
+        raise ValueError(f"need 1 <= k <= batch_size, got k={k}, batch_size={batch_size}")
+    extra = batch_size - k
+    shares = np.random.default_rng(int(seed)).dirichlet(np.full(k, float(alpha))) * extra
+    counts = np.floor(shares).astype(np.int64)
+    remainder = shares - counts
+    for index in np.argsort(-remainder, kind="stable")[: extra - int(counts.sum())]:
+        counts[index] += 1
+    return sorted((1 + counts).tolist(), reverse=True)
 
 
 def distinct_labels(batch_size: int, dup_ratio: float) -> int:
@@ -115,15 +147,28 @@ def _choose(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch
     return pool[torch.randperm(pool.numel(), generator=generator)[:count]]
 
 
-def sample_batch(labels: torch.Tensor, num_classes: int, batch_size: int, dup_ratio: float, seed: int) -> torch.Tensor:
+def sample_batch(
+    labels: torch.Tensor,
+    num_classes: int,
+    batch_size: int,
+    dup_ratio: float,
+    seed: int,
+    composition: str = "even",
+    alpha: float = 0.5,
+) -> torch.Tensor:
     """Indices (long, shape (B,)) of a batch with ``distinct_labels(B, r)`` classes, drawn with ``seed``.
 
-    A pure function of its arguments. Classes that can supply ``B // k + 1`` images are chosen first for the
-    ``B % k`` larger shares, so any feasible request succeeds; the batch order is shuffled so labels are not grouped.
+    A pure function of its arguments. ``even``: classes that can supply ``B // k + 1`` images are chosen first for
+    the ``B % k`` larger shares, so any feasible request succeeds. ``dirichlet``: the counts of ``dirichlet_counts``;
+    the largest count goes first to a random class that can supply it, and so on down, which succeeds whenever any
+    assignment of those counts to classes does. The batch order is shuffled so labels are not grouped.
     """
     b = _check_batch_size(batch_size)
     r = _check_dup_ratio(dup_ratio)
+    composition, alpha = check_composition(composition, alpha)
     k = distinct_labels(b, r)
+    if composition == "dirichlet" and 1 < k < b:
+        return _sample_skewed(torch.as_tensor(labels).reshape(-1), num_classes, b, r, k, alpha, int(seed))
     labels = torch.as_tensor(labels).reshape(-1)
     counts = _class_counts(labels, num_classes)
     if not _feasible(counts, b, k):
@@ -143,3 +188,29 @@ def sample_batch(labels: torch.Tensor, num_classes: int, batch_size: int, dup_ra
         picked.append(_choose(members, base + 1 if position < extra else base, generator))
     indices = torch.cat(picked)
     return indices[torch.randperm(b, generator=generator)]
+
+
+def _sample_skewed(
+    labels: torch.Tensor, num_classes: int, batch_size: int, dup_ratio: float, k: int, alpha: float, seed: int
+) -> torch.Tensor:
+    # k = 1 and k = B leave no choice of counts: the caller takes the even path, so those batches equal even ones
+    available = _class_counts(labels, num_classes)
+    wanted = dirichlet_counts(batch_size, k, alpha, seed)
+    generator = torch.Generator().manual_seed(seed)
+    used = torch.zeros_like(available, dtype=torch.bool)
+    picked = []
+    for position, count in enumerate(wanted):
+        pool = torch.nonzero((available >= count) & ~used).flatten()
+        if pool.numel() == 0:
+            have = int((available >= count).sum())
+            raise InfeasibleBatchError(
+                f"batch_size={batch_size} with dup_ratio={dup_ratio:g}, composition=dirichlet, alpha={alpha:g} and "
+                f"seed={seed} drew class counts {wanted}, which need {position + 1} classes with at least {count} "
+                f"images; only {have} have that many: use composition=even, a larger alpha or a dataset with more "
+                "images per class"
+            )
+        cls = _choose(pool, 1, generator)
+        used[cls] = True
+        picked.append(_choose(torch.nonzero(labels == cls).flatten(), count, generator))
+    indices = torch.cat(picked)
+    return indices[torch.randperm(batch_size, generator=generator)]

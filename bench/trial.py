@@ -29,12 +29,12 @@ from bench import records as rec
 from bench.client import client_update
 from bench.data import ImageDataset, load_dataset
 from bench.errors import InfeasibleBatchError, UserError
-from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
+from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.system import configure_device
-from methods.base import Attack, NotApplicableError, Observation, get_method_class
+from methods.base import Attack, NotApplicableError, Observation, get_method_class, is_reference
 from methods.labels import infer_labels
 from methods.options import option_fields
 
@@ -155,7 +155,15 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
     dataset = dataset_for(settings["dataset"])
     batch_size, seed = settings["batch_size"], settings["seed"]
     dup_ratio = resolve_dup_ratio(settings["dup_ratio"], dataset, batch_size)
-    indices = sample_batch(dataset.labels, dataset.num_classes, batch_size, dup_ratio, seed)
+    indices = sample_batch(
+        dataset.labels,
+        dataset.num_classes,
+        batch_size,
+        dup_ratio,
+        seed,
+        settings.get("composition", "even"),
+        settings.get("alpha", 0.5),
+    )
     truth, true_labels = dataset.batch(indices)
     truth, true_labels = truth.to(device), true_labels.to(device)
     model_spec = settings["model"]
@@ -199,6 +207,9 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
 
 def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """What defines a trial, and so its record key: everything that can change its numbers, the device included."""
+    composition = settings.get("composition", "even")
+    # skewed batches join the key; even ones add nothing, so their keys stay what they were before skew existed
+    skew = {} if composition == "even" else {"composition": composition, "alpha": settings["alpha"]}
     if settings["task"] == "labels":
         keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
         return {
@@ -206,12 +217,13 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
             "label_strategy": settings["label_strategy"],
             "device": device.type,
             **{k: settings[k] for k in keys},
+            **skew,
         }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
     config["device"] = device.type
     options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
     config["method"] = {"name": settings["method"]["name"], **options}
-    return config
+    return config | skew
 
 
 def build_attack(settings: Mapping[str, Any]) -> Attack:
@@ -250,6 +262,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         "profile": settings["profile"],
         "batch_size": settings["batch_size"],
         "dup_ratio": settings["dup_ratio"],
+        "composition": settings.get("composition", "even"),
         "seed": settings["seed"],
         "labels_known": settings["labels_known"],
         "config": config,
@@ -341,6 +354,7 @@ def _attack_trial(
     if not torch.isfinite(reconstruction.images).all():
         raise FloatingPointError("the reconstruction contains NaN or inf")
     scores = score(reconstruction.images, truth, reconstruction.labels, true_labels, LPIPS)
+    oracle_flat = flat_colour_psnr(truth)  # the oracle floor: each true image's own mean colour, flat
     matched = reconstruction.images[torch.tensor(scores.order)]
     result.reconstruction, result.predicted_labels = matched, reconstruction.labels
     if out_dir is not None:
@@ -348,6 +362,7 @@ def _attack_trial(
     trace = reconstruction.trace
     return {
         "status": "ok",
+        "reference": is_reference(attack),  # a floor (noise, mean), not an attack: reports draw it as a line
         "psnr": scores.psnr,
         "ssim": scores.ssim,
         "lpips": scores.lpips,
@@ -356,6 +371,9 @@ def _attack_trial(
         "attack_seconds": trace[-1].seconds if trace else 0.0,
         "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
         "per_image_psnr": scores.per_image_psnr,
+        "per_image_ssim": scores.per_image_ssim,
+        "oracle_flat_psnr": sum(oracle_flat) / len(oracle_flat),
+        "per_image_oracle_flat_psnr": oracle_flat,
         "true_labels": true_labels.tolist(),
         "predicted_labels": reconstruction.labels.tolist(),
         "trace": [[p.iteration, p.seconds, p.objective] for p in rec.thin(trace)],

@@ -15,6 +15,7 @@ from methods.base import (
     build_method,
     get_method,
     get_method_class,
+    is_reference,
     list_methods,
     register_method,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "build_method",
     "get_method",
     "get_method_class",
+    "is_reference",
     "list_methods",
     "register_method",
 ]

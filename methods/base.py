@@ -182,6 +182,11 @@ def get_method_class(name: str) -> type:
     return METHODS.get(name)
 
 
+def is_reference(method: type | object) -> bool:
+    """Whether an attack class (or instance) is a reference floor rather than an attack."""
+    return bool(getattr(method, "reference", False))
+
+
 def get_method(name: str, **config: Any) -> Attack:
     """Build the registered attack ``name`` from keyword config (unset options keep their defaults)."""
     return get_method_class(name)(**config)

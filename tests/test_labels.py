@@ -12,6 +12,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor, nn
 
+from bench.metrics import label_accuracy
 from methods.base import Observation, UnknownNameError
 from methods.labels import (
     _round_to_total,
@@ -21,6 +22,7 @@ from methods.labels import (
     list_label_strategies,
     register_label_strategy,
 )
+from methods.lrb import certain_presence
 from methods.optimise import model_gradients
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "cifar10"
@@ -142,16 +144,22 @@ def test_every_strategy_is_exact_for_single_images(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["lenet", "convbn"])
 @pytest.mark.parametrize("classes", [10, 1000])
-def test_batch_strategies_return_a_long_multiset_of_size_b(arch: str, classes: int) -> None:
+def test_batch_strategies_on_a_batch_with_duplicates(arch: str, classes: int) -> None:
+    # {3: 3, 7: 2, 1: 1, 2: 1, 9: 1} on untrained models, seed 1 (measured: analytic 0.75-0.875, yin 0.625)
     images, _ = _sample()
     labels = torch.tensor([3, 3, 3, 7, 7, 1, 2, 9])
     observation = observe(build_model(arch, classes, seed=1), images[:8], labels, classes)
-    for name in BATCH_STRATEGIES:
-        predicted = infer_labels(name, observation)
-        assert predicted.shape == (8,), name
-        assert predicted.dtype == torch.long, name
-        assert predicted.device == observation.device, name
-        assert 0 <= int(predicted.min()) and int(predicted.max()) < classes, name
+    predicted = {name: infer_labels(name, observation) for name in BATCH_STRATEGIES}
+    for name, found in predicted.items():
+        assert found.dtype == torch.long and found.device == observation.device, name
+    for name in ("count", "ilrg", "llg", "lrb"):  # the duplicate-aware strategies recover the multiset exactly
+        assert counted(predicted[name]) == counted(labels), name
+    # yin returns 8 distinct classes: the 5 present ones and 3 wrong ones, so exactly 5 of 8 are right
+    assert set(labels.tolist()) <= set(predicted["yin"].tolist())
+    assert label_accuracy(predicted["yin"], labels) == 5 / 8
+    # analytic sees presence, not counts: it names only present classes and guesses their counts
+    assert set(predicted["analytic"].tolist()) <= set(labels.tolist())
+    assert 0.75 <= label_accuracy(predicted["analytic"], labels) < 1
 
 
 def test_idlg_refuses_batches() -> None:
@@ -166,18 +174,28 @@ PATTERNS = {
     "4-of-one": [4],
     "8-distinct": [1] * 8,
     "5-4-4-2-1": [5, 4, 4, 2, 1],
+    "10-5-1": [10, 5, 1],
+    "13-1-1-1": [13, 1, 1, 1],
+    "4-and-8-singletons": [4] + [1] * 8,
 }
+PATTERN_SEEDS = range(5)
 
 
-@pytest.mark.parametrize("strategy", ["ilrg", "count"])
 @pytest.mark.parametrize("arch", ["lenet", "convbn"])
-@pytest.mark.parametrize("classes", [10, 1000])
+@pytest.mark.parametrize("classes", [10, 100])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-def test_count_strategies_recover_duplicates_exactly(strategy: str, arch: str, classes: int, pattern: str) -> None:
-    for seed in range(3):
+def test_count_strategies_recover_duplicates_exactly(arch: str, classes: int, pattern: str) -> None:
+    # docs/methods/afgi.md cites this test: 7 patterns x 5 seeds = 35 batches per model and K, all exact for
+    # count, ilrg and lrb on untrained models (measured also at K = 1000: 35/35 each)
+    for seed in PATTERN_SEEDS:
         images, labels = pattern_batch(PATTERNS[pattern], classes, seed)
         observation = observe(build_model(arch, classes, seed), images, labels, classes)
-        assert counted(infer_labels(strategy, observation)) == counted(labels), f"seed {seed}"
+        for strategy in ("count", "ilrg", "lrb"):
+            assert counted(infer_labels(strategy, observation)) == counted(labels), (strategy, seed)
+        # LRB's proof of presence (a negative entry in a row of dW, or in db) never names an absent class
+        grad_w, grad_b = last_layer_gradients(observation)
+        proven = certain_presence(grad_w.double(), grad_b.double()).nonzero().flatten().tolist()
+        assert proven and set(proven) <= set(labels.tolist()), seed
 
 
 def _synthetic_observation(counts: list[int], classes: int, features: int = 4) -> Observation:
@@ -209,10 +227,7 @@ def test_llg_subtracts_the_impact_from_the_class_it_just_picked() -> None:
 def test_llg_spreads_duplicates_on_a_real_model() -> None:
     images, labels = pattern_batch([4, 4, 4, 4], 100, seed=0)
     observation = observe(build_model("lenet", 100, seed=0), images, labels, 100)
-    predicted = infer_labels("llg", observation)
-    assert predicted.shape == (16,)
-    assert max(counted(predicted).values()) < 8
-    assert counted(predicted) == counted(labels)
+    assert counted(infer_labels("llg", observation)) == counted(labels)
 
 
 def test_yin_cannot_recover_duplicate_labels() -> None:

@@ -24,6 +24,7 @@ AXES = (
     "profile",
     "labels_known",
     "client_mode",
+    "composition",
     "batch_size",
     "dup_ratio",
 )
@@ -72,6 +73,7 @@ AXIS_LABELS = {
     "profile": ("profile", "Profile"),
     "labels_known": ("labels known", "Labels known"),
     "client_mode": ("client mode", "Client mode"),
+    "composition": ("composition", "Composition"),
     "batch_size": ("B", "$B$"),
     "dup_ratio": ("dup. ratio", r"Dup.\ ratio"),
     "seed": ("seed", "Seed"),

@@ -262,14 +262,15 @@ def latex_summary(summary: pd.DataFrame) -> str:
 
 
 def label_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Label accuracy (mean over seeds): one row per (B, r) cell, one column per strategy and model state.
+    """Label accuracy (mean over seeds): one row per (composition, B, r) cell, one column per strategy and state.
 
     A cell reads "skipped" when the data cannot supply it or the strategy does not apply there.
     """
     rows: dict[tuple, dict[str, Any]] = {}
     columns: set[tuple[str, str]] = set()
-    for (state, method, batch, ratio), group in trials.groupby(
-        ["model_state", "method", "batch_size", "dup_ratio"], dropna=False, sort=False
+    trials = trials.assign(composition=trials.composition.fillna("even"))  # records from before skewed batches
+    for (state, method, composition, batch, ratio), group in trials.groupby(
+        ["model_state", "method", "composition", "batch_size", "dup_ratio"], dropna=False, sort=False
     ):
         ok = group[group.status == "ok"]
         if len(ok):
@@ -278,9 +279,11 @@ def label_table(trials: pd.DataFrame) -> pd.DataFrame:
             value = "skipped" if (group.status == "skipped").all() else "failed"
         column = (str(state), str(method))
         columns.add(column)
-        rows.setdefault((batch, as_number(ratio)), {"B": batch, "r": format_value(ratio)})[f"{method} ({state})"] = (
-            value
+        row = rows.setdefault(
+            (composition != "even", composition, batch, as_number(ratio)),
+            {"composition": composition, "B": batch, "r": format_value(ratio)},
         )
+        row[f"{method} ({state})"] = value
     ordered = [f"{method} ({state})" for state, method in sorted(columns, key=lambda c: (c[0] != "untrained", c))]
     table = [rows[key] for key in sorted(rows)]
-    return pd.DataFrame(table, columns=["B", "r", *ordered]).fillna("")
+    return pd.DataFrame(table, columns=["composition", "B", "r", *ordered]).fillna("")
