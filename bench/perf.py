@@ -445,7 +445,7 @@ def floor_dlg(observation: Any, attack: Any, iterations: int, *, seed: int = SEE
         soft = logits.softmax(dim=-1)
         loss = -(soft * F.log_softmax(model(images), dim=-1)).sum(dim=-1).mean()
         value = distance(torch.autograd.grad(loss, params, create_graph=True))
-        value.backward()
+        value.backward(inputs=[images, logits])
         evaluations[0] += 1
         return value
 
@@ -472,7 +472,7 @@ def floor_idlg(observation: Any, attack: Any, iterations: int, *, seed: int = SE
         optimiser.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
         value = distance(torch.autograd.grad(loss, params, create_graph=True))
-        value.backward()
+        value.backward(inputs=[images])
         evaluations[0] += 1
         return value
 
@@ -529,7 +529,7 @@ def floor_ig(
         optimiser.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(F.cross_entropy(model(images), labels), params, create_graph=True)
         value = terms(list(grads), images)
-        value.backward()
+        value.backward(inputs=[images])
         images.grad.sign_()
         optimiser.step()
         with torch.no_grad():
@@ -673,7 +673,7 @@ def floor_gradinversion(
         if attack.group_weight and groups > 1:
             consensus = group.mean(dim=0, keepdim=True)
             value = value + attack.group_weight * (group - consensus).pow(2).flatten(1).mean(dim=1).sum()
-        value.backward()
+        value.backward(inputs=[images])
         if getattr(attack, "signed", False):
             images.grad.sign_()
         optimiser.step()
@@ -721,7 +721,7 @@ def floor_ig_batched(observation: Any, attack: Any, iterations: int, restarts: i
             dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
             dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
             value = value + attack.tv_weight * (dx + dy)
-        value.sum().backward()
+        value.sum().backward(inputs=[images])
         images.grad.sign_()
         optimiser.step()
         with torch.no_grad():
@@ -818,7 +818,7 @@ def floor_afgi(observation: Any, attack: Any, iterations: int, *, seed: int = SE
         value = distance(list(grads))
         if use_prior:
             value = value + prior(images, iteration)
-        value.backward()
+        value.backward(inputs=[images])
         if attack.signed:
             images.grad.sign_()
         optimiser.step()
@@ -1497,7 +1497,7 @@ def exp_loop_machinery(args: argparse.Namespace, iterations: int = 2000) -> list
             def closure() -> Tensor:
                 optimiser.zero_grad(set_to_none=True)
                 value = (x - 1).pow(2).sum()
-                value.backward()
+                value.backward(inputs=[x])
                 if config.signed:
                     x.grad.sign_()
                 return value
