@@ -58,8 +58,9 @@ class LPIPSScorer:
     so we look for the file in the torch hub cache first and never trigger a download.
     """
 
-    def __init__(self) -> None:
-        self._net = None
+    def __init__(self, network: torch.nn.Module | None = None) -> None:
+        # a ready LPIPS network (an ``lpips.LPIPS``), e.g. one with random weights for a benchmark; default: load it
+        self._net = network
         self._missing_reason: str | None = None
         self._warned = False
 
