@@ -113,9 +113,19 @@ def floor_dlg(
 
 
 def floor_idlg(
-    observation: Any, attack: Any, iterations: int, *, seed: int = SEED, clock: Clock, form: str = "layers"
+    observation: Any,
+    attack: Any,
+    iterations: int,
+    *,
+    seed: int = SEED,
+    clock: Clock,
+    form: str = "layers",
+    backward_into: str = "variables",
 ) -> RunResult:
-    """iDLG: known (or inferred) labels, L-BFGS over images, euclidean gradient distance."""
+    """iDLG: known (or inferred) labels, L-BFGS over images, euclidean gradient distance.
+
+    ``backward_into="all"``: a plain ``backward()``, which also computes and accumulates the gradients of every
+    model parameter (the ``backward_inputs`` experiment)."""
     device, model = observation.device, observation.model
     generator = torch.Generator(device=device).manual_seed(seed)
     images = torch.randn((observation.batch_size, *observation.image_shape), generator=generator, device=device)
@@ -130,7 +140,7 @@ def floor_idlg(
         optimiser.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
         value = distance(torch.autograd.grad(loss, params, create_graph=True))
-        value.backward(inputs=[images])
+        value.backward(inputs=[images] if backward_into == "variables" else None)
         evaluations[0] += 1
         return value
 
@@ -153,11 +163,15 @@ def floor_ig(
     clock: Clock,
     seed: int = SEED,
     form: str = "layers",
+    backward_into: str = "variables",
     channels_last: bool = False,
     compile_loss: bool = False,
     compile_model: bool = False,
 ) -> RunResult:
-    """Inverting Gradients: cosine distance + TV, Adam on signed gradients, step decay, clamp to the box."""
+    """Inverting Gradients: cosine distance + TV, Adam on signed gradients, step decay, clamp to the box.
+
+    ``backward_into="all"`` as in ``floor_idlg``; ``channels_last``, ``compile_loss``, ``compile_model``: the
+    options the experiments try."""
     device, model = observation.device, observation.model
     if channels_last:
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -188,7 +202,7 @@ def floor_ig(
         optimiser.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(F.cross_entropy(model(images), labels), params, create_graph=True)
         value = terms(list(grads), images)
-        value.backward(inputs=[images])
+        value.backward(inputs=[images] if backward_into == "variables" else None)
         images.grad.sign_()
         optimiser.step()
         with torch.no_grad():
