@@ -40,8 +40,9 @@ _sobel_kernels: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 def _sobel_kernel(channels: int, like: Tensor) -> Tensor:
     key = (channels, like.device, like.dtype)
     if key not in _sobel_kernels:
-        kx = _SOBEL_X.to(like)
-        _sobel_kernels[key] = torch.stack([kx, kx.T]).unsqueeze(1).repeat(channels, 1, 1, 1)  # (2C, 1, 3, 3)
+        with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+            kx = _SOBEL_X.to(device=like.device, dtype=like.dtype)
+            _sobel_kernels[key] = torch.stack([kx, kx.T]).unsqueeze(1).repeat(channels, 1, 1, 1)  # (2C, 1, 3, 3)
     return _sobel_kernels[key]
 
 
@@ -123,7 +124,11 @@ class VME:
     def unit(self, images_model: Tensor) -> Tensor:
         key = (images_model.device, images_model.dtype)
         if key not in self._statistics:  # once per device: no host-to-device copy per iteration
-            self._statistics[key] = (self.mean.to(images_model), self.std.to(images_model))
+            with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+                self._statistics[key] = (
+                    self.mean.to(device=key[0], dtype=key[1]),
+                    self.std.to(device=key[0], dtype=key[1]),
+                )
         mean, std = self._statistics[key]
         return images_model * std + mean
 

@@ -66,3 +66,26 @@ def test_trace_seconds_come_from_the_injected_clock():
 def test_check_every_must_be_positive():
     with pytest.raises(ValueError, match="check_every"):
         OptimiserConfig(check_every=0)
+
+
+def test_vme_caches_its_constants_per_device_and_they_survive_inference_mode():
+    # AFGI's VME keeps its normalisation statistics and Sobel kernels per device (no copy per iteration); a cache
+    # first filled under inference mode must still serve an objective that is differentiated later
+    from methods.vme import VME, VMETargets, sobel_edges
+
+    images = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        sobel_edges(images)
+        vme = VME(
+            mean=(0.5,) * 3,
+            std=(0.2,) * 3,
+            tv_weight=0.1,
+            mean_weight=1.0,
+            edge_weight=1.0,
+            targets=VMETargets.from_images(images),
+        )
+        vme(images)
+    variable = images.clone().requires_grad_(True)
+    vme(variable).backward()
+    assert variable.grad is not None and bool(variable.grad.abs().sum() > 0)
+    assert vme.unit(variable).dtype == torch.float64
