@@ -23,8 +23,12 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
 def match(reconstruction: Tensor, truth: Tensor) -> Tensor:
     """Permutation ``order`` such that ``reconstruction[order][i]`` best matches ``truth[i]`` (min total MSE)."""
-    cost = (truth.flatten(1)[:, None, :] - reconstruction.flatten(1)[None, :, :]).pow(2).mean(-1)
-    rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
+    truth_flat, reconstruction_flat = truth.flatten(1).double(), reconstruction.flatten(1).double()
+    # pairwise distances without a (B, B, D) difference tensor; the direct form, not the matrix-product one,
+    # whose cancellation could reorder near-equal costs
+    distance = torch.cdist(truth_flat, reconstruction_flat, compute_mode="donot_use_mm_for_euclid_dist")
+    cost = distance.square() / truth_flat.shape[1]
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
     order = torch.empty(len(rows), dtype=torch.long)
     order[torch.as_tensor(rows)] = torch.as_tensor(cols)
     return order.to(reconstruction.device)
@@ -66,8 +70,9 @@ class LPIPSScorer:
     so we look for the file in the torch hub cache first and never trigger a download.
     """
 
-    def __init__(self) -> None:
-        self._net = None
+    def __init__(self, network: torch.nn.Module | None = None) -> None:
+        # a ready LPIPS network (an ``lpips.LPIPS``), e.g. one with random weights for a benchmark; default: load it
+        self._net = network
         self._missing_reason: str | None = None
         self._warned = False
 

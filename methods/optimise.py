@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +26,28 @@ from methods.base import ProgressCallback, TracePoint
 
 class DivergenceError(RuntimeError):
     """The objective became NaN or inf during optimisation."""
+
+
+_trace_clock: ContextVar[Callable[[], float]] = ContextVar("trace_clock", default=time.perf_counter)
+
+
+@contextmanager
+def trace_clock(clock: Callable[[], float]) -> Iterator[None]:
+    """Inside this block the trace's seconds are read from ``clock`` instead of ``time.perf_counter``.
+
+    For benchmarks: ``bench.perf`` times on a shared CPU with the process CPU time (``time.process_time``).
+    """
+    token = _trace_clock.set(clock)
+    try:
+        yield
+    finally:
+        _trace_clock.reset(token)
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a clock read after it is true."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def model_gradients(
@@ -58,10 +82,15 @@ class OptimiserConfig:
     # Langevin-style exploration: Gaussian noise of std noise * lr added after each step (Yin et al. 2021)
     noise: float = 0.0
     lbfgs_max_iter: int = 20
+    # read the objective values (one device sync) and check them for NaN/inf every this many iterations, at
+    # every progress call and at the end; on a GPU a check every iteration would wait for the device each step
+    check_every: int = 50
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {self.iterations}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be a positive integer, got {self.check_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -113,7 +142,9 @@ def optimise(
     def closure() -> Tensor:
         optimiser.zero_grad(set_to_none=True)
         loss = objective()
-        loss.backward()
+        # only into the optimised variables: the model's parameters require grad too (the attacker's copy),
+        # and a plain backward() would compute and accumulate their gradients every iteration for nobody
+        loss.backward(inputs=list(variables))
         if config.signed:
             for v in variables:
                 if v.grad is not None:
@@ -121,15 +152,34 @@ def optimise(
         return loss
 
     trace: list[TracePoint] = []
+    # objectives and clock readings of the iterations since the last check, still on the device
+    pending_values: list[Tensor] = []
+    pending_seconds: list[float] = []
+    device = variables[0].device
+    clock = _trace_clock.get()
     excluded = 0.0
-    start = time.perf_counter()
+    start = clock()
+
+    def check() -> None:
+        """Move the pending objectives into the trace (one transfer) and stop on NaN/inf.
+
+        The last pending point's seconds are re-read after a device sync: on CUDA the earlier readings
+        are when the work was queued, this one is when it was done.
+        """
+        synchronise(device)
+        values = torch.stack(pending_values).tolist()
+        pending_seconds[-1] = clock() - start - excluded
+        for value, seconds in zip(values, pending_seconds, strict=True):
+            if not math.isfinite(value):
+                raise DivergenceError(f"objective became {value} at iteration {len(trace)}; lower the learning rate")
+            trace.append(TracePoint(len(trace) + 1, seconds, value))
+        pending_values.clear()
+        pending_seconds.clear()
+
     bar = tqdm(total=config.iterations, desc=hooks.description, disable=not hooks.bar, leave=False, dynamic_ncols=True)
     try:
         for iteration in range(config.iterations):
             loss = optimiser.step(closure)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DivergenceError(f"objective became {value} at iteration {iteration}; lower the learning rate")
             scheduler.step()
             with torch.no_grad():
                 if config.noise:
@@ -142,21 +192,26 @@ def optimise(
                 if project is not None:
                     project()
             done = iteration + 1
-            trace.append(TracePoint(done, time.perf_counter() - start - excluded, value))
-            if bar.disable is False:
-                bar.update(1)
-                if done % 10 == 0 or done == config.iterations:
-                    bar.set_postfix(objective=f"{value:.4g}", refresh=False)
-            if (
+            pending_values.append(loss.detach())
+            pending_seconds.append(clock() - start - excluded)
+            show = not bar.disable and (done % 10 == 0 or done == config.iterations)
+            scoring = (
                 hooks.callback is not None
                 and snapshot is not None
                 and hooks.every
                 and (done % hooks.every == 0 or done == config.iterations)
-            ):
-                paused = time.perf_counter()
+            )
+            if show or scoring or done % config.check_every == 0 or done == config.iterations:
+                check()
+            if not bar.disable:
+                bar.update(1)
+                if show:
+                    bar.set_postfix(objective=f"{trace[-1].objective:.4g}", refresh=False)
+            if scoring:
+                paused = clock()
                 with torch.no_grad():
                     hooks.callback(done, trace[-1].seconds, snapshot())
-                excluded += time.perf_counter() - paused
+                excluded += clock() - paused
     finally:
         bar.close()
     return trace

@@ -33,6 +33,17 @@ from methods.priors import total_variation
 EDGE_EPS = 1e-6  # keeps the square root differentiable where the image is flat
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+# the kernels per (channels, device, dtype): built once, so an attack on a GPU does not copy them every iteration
+_sobel_kernels: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+
+def _sobel_kernel(channels: int, like: Tensor) -> Tensor:
+    key = (channels, like.device, like.dtype)
+    if key not in _sobel_kernels:
+        with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+            kx = _SOBEL_X.to(device=like.device, dtype=like.dtype)
+            _sobel_kernels[key] = torch.stack([kx, kx.T]).unsqueeze(1).repeat(channels, 1, 1, 1)  # (2C, 1, 3, 3)
+    return _sobel_kernels[key]
 
 
 def channel_means(images: Tensor) -> Tensor:
@@ -46,10 +57,8 @@ def sobel_edges(images: Tensor) -> Tensor:
     The kernels are scaled by 1/8 so that a unit step between two flat regions has magnitude 1/2.
     """
     channels = images.shape[1]
-    kx = _SOBEL_X.to(images)
-    kernel = torch.stack([kx, kx.T]).unsqueeze(1).repeat(channels, 1, 1, 1)  # (2C, 1, 3, 3)
     padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    grads = F.conv2d(padded, kernel, groups=channels)  # (B, 2C, H, W): gx, gy of each channel
+    grads = F.conv2d(padded, _sobel_kernel(channels, images), groups=channels)  # (B, 2C, H, W): gx, gy of each channel
     gx, gy = grads[:, 0::2], grads[:, 1::2]
     return torch.sqrt(gx.square() + gy.square() + EDGE_EPS)
 
@@ -110,9 +119,18 @@ class VME:
         self.mean_weight = mean_weight
         self.edge_weight = edge_weight
         self.targets = targets or VMETargets()
+        self._statistics: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def unit(self, images_model: Tensor) -> Tensor:
-        return images_model * self.std.to(images_model) + self.mean.to(images_model)
+        key = (images_model.device, images_model.dtype)
+        if key not in self._statistics:  # once per device: no host-to-device copy per iteration
+            with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+                self._statistics[key] = (
+                    self.mean.to(device=key[0], dtype=key[1]),
+                    self.std.to(device=key[0], dtype=key[1]),
+                )
+        mean, std = self._statistics[key]
+        return images_model * std + mean
 
     def terms(self, images_model: Tensor) -> dict[str, Tensor]:
         """The unweighted terms that are switched on (weight > 0 and, for M and E, a target set)."""

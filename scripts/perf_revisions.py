@@ -6,8 +6,9 @@ Each revision is checked out into a temporary git worktree and ``python -m bench
 there (``--experiments none --no-harness --no-mirror``), with this interpreter; rounds alternate
 before, after, after, before, ... so that drift of a shared machine falls on both sides. Per cell it
 prints the median "ours" and "floor" ms per iteration of each revision. The floor is hand-written in
-``bench/perf.py`` and does not change with the shared code, so its before/after ratio shows what the
-machine alone contributed; the "ours" ratio is the change's effect.
+``bench/perf/floors*.py`` and does not change with the shared code, so unless the change fixes a floor
+itself, its before/after ratio shows what the machine alone contributed; the "ours" ratio is the change's
+effect.
 """
 
 from __future__ import annotations

@@ -61,3 +61,21 @@ def test_score_matches_before_averaging(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         result = score(images[[2, 0, 3, 1]], images, labels, labels, LPIPSScorer())
     assert math.isinf(result.psnr) and result.ssim == 1.0 and result.label_accuracy == 1.0
+
+
+def test_matching_with_cdist_equals_the_pairwise_mean_squared_error_assignment():
+    # match() takes its costs from torch.cdist (no B x B x D tensor); the assignment must equal the one from the
+    # explicit pairwise mean squared errors, also for near-duplicates
+    from scipy.optimize import linear_sum_assignment
+
+    generator = torch.Generator().manual_seed(0)
+    for batch in (1, 5, 48):
+        truth = torch.rand((batch, 3, 8, 8), generator=generator)
+        noisy = (truth + 0.3 * torch.randn(truth.shape, generator=generator)).clamp(0, 1)
+        noisy[batch // 2 :] = truth[batch // 2 :] + 1e-4  # near-ties
+        for reconstruction in (noisy[torch.randperm(batch, generator=generator)], torch.rand_like(truth)):
+            cost = (truth.flatten(1)[:, None].double() - reconstruction.flatten(1)[None].double()).pow(2).mean(-1)
+            rows, cols = linear_sum_assignment(cost.numpy())
+            expected = torch.empty(batch, dtype=torch.long)
+            expected[torch.as_tensor(rows)] = torch.as_tensor(cols)
+            assert torch.equal(match(reconstruction, truth), expected)

@@ -187,19 +187,17 @@ def test_bad_composition_or_alpha(crops, composition, alpha, match):
 def test_bad_composition_is_one_line_and_exit_2(run_cli):
     done = run_cli("sweep=none", "method=noise", "composition=dirichlet", "alpha=-1")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: alpha must be a positive number (the Dirichlet concentration, e.g. alpha=0.5), got -1"
-    ]
+    assert done.stderr.strip().splitlines() == ["error: alpha=-1 is not valid; give a value > 0, e.g. alpha=0.5"]
 
 
 def test_composition_joins_the_trial_key_only_when_skewed():
-    from hydra import compose, initialize_config_dir
-
-    from bench.run import REPO_ROOT, trial_config
+    import gia_bench as gb
+    from bench.trial import trial_config
 
     def config(*overrides):
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            return trial_config(compose("config", overrides=["sweep=none", *overrides]))
+        given = dict(o.split("=") for o in overrides)
+        given = {k: float(v) if k == "alpha" else v for k, v in given.items()}
+        return trial_config(gb.settings_for("idlg", **given), torch.device("cpu"))
 
     for task in ("task=attack", "task=labels"):
         even = config(task)

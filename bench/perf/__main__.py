@@ -1,0 +1,3 @@
+from bench.perf.cli import main
+
+main()
