@@ -106,6 +106,26 @@ class Reconstruction:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def draw(kind: str, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """``torch.rand`` or ``torch.randn`` drawn on the generator's device, then moved to ``device``.
+
+    The runner passes a CPU generator, so a seed means the same starting images on every device.
+    """
+    sample = {"rand": torch.rand, "randn": torch.randn}[kind]
+    return sample(shape, generator=generator, device=generator.device).to(device)
+
+
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself on its own device; elsewhere a generator on ``device`` seeded from it.
+
+    For per-iteration noise: drawing on another device and copying would cost a transfer every step.
+    """
+    if torch.device(generator.device).type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 ProgressCallback = Callable[[int, float, Tensor], None]
 """Called as ``callback(iteration, seconds, images_in_unit_range)`` every few iterations.
 

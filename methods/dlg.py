@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.base import Observation, ProgressCallback, Reconstruction, draw, register_method
 from methods.losses import build_gradient_loss
 from methods.matching import initial_images
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
@@ -42,9 +42,8 @@ class DLG:
         progress: bool = False,
     ) -> Reconstruction:
         images = initial_images(observation, "randn", generator).requires_grad_(True)
-        label_logits = torch.randn(
-            (observation.batch_size, observation.num_classes), generator=generator, device=observation.device
-        ).requires_grad_(True)
+        shape = (observation.batch_size, observation.num_classes)
+        label_logits = draw("randn", shape, generator, observation.device).requires_grad_(True)
         distance = build_gradient_loss("euclidean", observation.gradients)
 
         def objective():

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from methods.base import Observation, TracePoint
+from methods.base import Observation, TracePoint, draw
 from methods.batched import GroupGradients
 from methods.losses import GradientLoss, build_gradient_loss
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
@@ -83,11 +83,10 @@ def _maybe_compiled(terms: Callable[..., Tensor], compiled: bool) -> Callable[..
 def initial_images(observation: Observation, init: str, generator: torch.Generator, count: int = 1) -> Tensor:
     """Random dummy images in model space, shaped (count*B, C, H, W)."""
     shape = (count * observation.batch_size, *observation.image_shape)
-    device = observation.device
     if init == "rand":
-        return observation.normalise(torch.rand(shape, generator=generator, device=device))
+        return observation.normalise(draw("rand", shape, generator, observation.device))
     if init == "randn":
-        return torch.randn(shape, generator=generator, device=device)
+        return draw("randn", shape, generator, observation.device)
     raise ValueError(f"unknown init {init!r}; use 'randn' or 'rand'")
 
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.base import Observation, ProgressCallback, Reconstruction, draw, register_method
 from methods.labels import labels_for
 from methods.options import option
 
@@ -38,5 +38,5 @@ class Noise:
         progress: bool = False,
     ) -> Reconstruction:
         shape = (observation.batch_size, *observation.image_shape)
-        images = torch.rand(shape, generator=generator, device=observation.device)
+        images = draw("rand", shape, generator, observation.device)
         return Reconstruction(images=images, labels=labels_for(observation, self.label_strategy))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from methods.base import ProgressCallback, TracePoint
+from methods.base import ProgressCallback, TracePoint, device_generator
 
 
 class DivergenceError(RuntimeError):
@@ -156,6 +156,7 @@ def optimise(
     pending_values: list[Tensor] = []
     pending_seconds: list[float] = []
     device = variables[0].device
+    noise_generator = device_generator(generator, device) if config.noise and generator is not None else None
     clock = _trace_clock.get()
     excluded = 0.0
     start = clock()
@@ -186,7 +187,7 @@ def optimise(
                     lr_now = optimiser.param_groups[0]["lr"]
                     for v in variables:
                         v.add_(
-                            torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype),
+                            torch.randn(v.shape, generator=noise_generator, device=v.device, dtype=v.dtype),
                             alpha=config.noise * lr_now,
                         )
                 if project is not None:

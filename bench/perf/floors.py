@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from bench.perf.measure import Clock, RunResult
 from bench.perf.rounds import SEED
+from methods.base import draw
 from methods.optimise import synchronise
 
 
@@ -86,9 +87,9 @@ def floor_dlg(
 ) -> RunResult:
     """DLG: L-BFGS over images and soft labels, euclidean gradient distance."""
     device, model = observation.device, observation.model
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.randn((observation.batch_size, *observation.image_shape), generator=generator, device=device)
-    logits = torch.randn((observation.batch_size, observation.num_classes), generator=generator, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    images = draw("randn", (observation.batch_size, *observation.image_shape), generator, device)
+    logits = draw("randn", (observation.batch_size, observation.num_classes), generator, device)
     images.requires_grad_(True)
     logits.requires_grad_(True)
     params = trainable_parameters(model)
@@ -127,8 +128,8 @@ def floor_idlg(
     ``backward_into="all"``: a plain ``backward()``, which also computes and accumulates the gradients of every
     model parameter (the ``backward_inputs`` experiment)."""
     device, model = observation.device, observation.model
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.randn((observation.batch_size, *observation.image_shape), generator=generator, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    images = draw("randn", (observation.batch_size, *observation.image_shape), generator, device)
     images.requires_grad_(True)
     labels = observation.labels
     params = trainable_parameters(model)
@@ -177,8 +178,8 @@ def floor_ig(
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     if compile_model:
         model = torch.compile(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.randn((observation.batch_size, *observation.image_shape), generator=generator, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    images = draw("randn", (observation.batch_size, *observation.image_shape), generator, device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     images.requires_grad_(True)
@@ -246,16 +247,16 @@ def floor_afgi(
     """AFGI: cosine distance + staged VME (TV, then channel-mean and Sobel-edge targets read off the first
     stage's images), Adam on signed gradients, warm-up + cosine decay, clamping, init near the data mean."""
     device, model = observation.device, observation.model
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     shape = (observation.batch_size, *observation.image_shape)
     if attack.init == "mean":
-        images = 0.1 * torch.randn(shape, generator=generator, device=device)
+        images = 0.1 * draw("randn", shape, generator, device)
     elif attack.init == "rand":
         mean_ = torch.tensor(observation.mean, device=device).view(1, -1, 1, 1)
         std_ = torch.tensor(observation.std, device=device).view(1, -1, 1, 1)
-        images = (torch.rand(shape, generator=generator, device=device) - mean_) / std_
+        images = (draw("rand", shape, generator, device) - mean_) / std_
     else:
-        images = torch.randn(shape, generator=generator, device=device)
+        images = draw("randn", shape, generator, device)
     images.requires_grad_(True)
     labels = observation.labels
     params = trainable_parameters(model)

@@ -28,6 +28,7 @@ from bench.perf.floors import (
 )
 from bench.perf.measure import Clock, RunResult
 from bench.perf.rounds import SEED
+from methods.base import device_generator, draw
 from methods.optimise import synchronise
 
 
@@ -90,7 +91,7 @@ def floor_gradinversion(
     ``"loop"`` with one ``autograd.grad`` per candidate."""
     device = observation.device
     groups, batch, shape = attack.group_size, observation.batch_size, observation.image_shape
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     terms: list[Tensor] = []
     use_prior = attack.bn_weight > 0
     model = elementary_bn_copy(
@@ -140,7 +141,8 @@ def floor_gradinversion(
         per_layer_distance = [(g - t).pow(2).reshape(groups, -1).sum(1) for g, t in zip(per_layer, target, strict=True)]
         return torch.stack(per_layer_distance).sum(0) / energy
 
-    images = torch.randn((groups * batch, *shape), generator=generator, device=device).requires_grad_(True)
+    images = draw("randn", (groups * batch, *shape), generator, device).requires_grad_(True)
+    noise_generator = device_generator(generator, device)
     low, high = image_box(observation)
     warmup = int(attack.warmup_fraction * iterations)
     optimiser = torch.optim.Adam([images], lr=attack.lr)
@@ -168,7 +170,7 @@ def floor_gradinversion(
         with torch.no_grad():
             if attack.noise:
                 lr_next = attack.lr * warmup_cosine(iteration + 1, iterations, warmup)
-                noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
+                noise = torch.randn(images.shape, generator=noise_generator, device=device, dtype=images.dtype)
                 images.add_(noise, alpha=attack.noise * lr_next)
             images.clamp_(low, high)
         values.append(value.detach())
@@ -185,7 +187,7 @@ def floor_ig_batched(
     """
     device = observation.device
     batch, shape = observation.batch_size, observation.image_shape
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     model = elementary_bn_copy(observation.model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -193,7 +195,7 @@ def floor_ig_batched(
     target = [g.detach().reshape(-1) for g in observation.gradients]
     target_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(target)))
     batched = vmap(grad(lambda p, x, y: F.cross_entropy(functional_call(model, p, (x,)), y)), in_dims=(None, 0, None))
-    inits = [torch.randn((batch, *shape), generator=generator, device=device) for _ in range(restarts)]
+    inits = [draw("randn", (batch, *shape), generator, device) for _ in range(restarts)]
     images = torch.stack(inits).requires_grad_(True)
     low, high = image_box(observation)
     optimiser = torch.optim.Adam([images], lr=attack.lr)

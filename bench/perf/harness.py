@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from bench.perf.measure import timed
 from bench.perf.rounds import SEED, default_dataset, least_dup_ratio, model_options, profile_iterations
+from methods.base import draw
 
 
 def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -60,8 +61,8 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
 
     pieces["client_update"], observation = timed(client, device, repeats)
 
-    generator = torch.Generator(device=device).manual_seed(SEED)
-    model_space = torch.randn(truth.shape, generator=generator, device=device)
+    generator = torch.Generator().manual_seed(SEED)
+    model_space = draw("randn", truth.shape, generator, device)
 
     def progress_call() -> float:
         # the method's snapshot, then bench.run's on_progress (optimise calls both under no_grad)
@@ -72,7 +73,7 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
 
     pieces["progress_call"], _ = timed(progress_call, device, 10)
 
-    reconstruction = torch.rand(truth.shape, generator=generator, device=device)
+    reconstruction = draw("rand", truth.shape, generator, device)
     lpips = LPIPSScorer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

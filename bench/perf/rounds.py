@@ -151,7 +151,7 @@ def profile_iterations(name: str) -> int | None:
 def run_ours(attack: Any, observation: Any, clock: Clock, seed: int = SEED) -> RunResult:
     """The method's own ``reconstruct``; seconds per iteration from its trace, read with ``clock``."""
     device = observation.device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     synchronise(device)
     start = clock()
     with trace_clock(clock.read):
