@@ -147,3 +147,18 @@ def test_ten_sigkills_inside_trials_then_resume_lose_nothing(longer_smoke, tmp_p
 @pytest.mark.slow
 def test_ten_ctrl_c_inside_trials_then_resume_lose_nothing(longer_smoke, tmp_path):
     kill_and_resume(tmp_path / "interrupted", longer_smoke, signal.SIGINT, 10, 5, "seeds=2")
+
+
+def test_resume_discards_the_temporary_file_of_a_write_a_kill_interrupted(smoke_results, tmp_path):
+    """A SIGKILL between a record's temporary file and its rename leaves ``.<name>.*.tmp``: the resume removes it."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(smoke_results, out)
+    stale = [out / "records" / ".0123456789abcdef.json.k1ll3d.tmp", out / ".experiment.json.k1ll3d.tmp"]
+    for path in stale:
+        path.write_text('{"status": "o')
+    done = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not left_behind(out), left_behind(out)
+    assert records(out) == records(smoke_results)
