@@ -53,6 +53,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def discard_partial_writes(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) of writes a kill interrupted; only while nothing writes."""
+    stale = sorted(folder.glob(".*.tmp")) + sorted((folder / "records").glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def thin(points: list[Any], limit: int = MAX_TRACE_POINTS) -> list[Any]:
     """At most about ``limit`` evenly spaced points, the last one always kept (long traces stay small on disk)."""
     if len(points) <= limit:

@@ -30,6 +30,7 @@ from bench import config as schema
 from bench.errors import UserError
 from bench.plugins import load_plugins
 from bench.provenance import REPO_ROOT
+from bench.records import discard_partial_writes
 from bench.resume import check_experiment, check_output_dir
 from bench.system import tune_malloc
 from bench.trial import method_node, run_trial
@@ -148,6 +149,7 @@ class ReportCallback(Callback):
             check_experiment(out_dir, fixed)
         except UserError as error:
             _refuse(error, config.debug)
+        discard_partial_writes(out_dir)  # a SIGKILL during a record's write leaves its temporary file
         ACTIVE_OUTPUT.append(out_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,9 +1,12 @@
 """The command line, end to end, with tiny budgets on the embedded sample."""
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 
 def records(folder: Path) -> list[dict]:
@@ -26,12 +29,40 @@ def test_one_trial(run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     (record,) = records(out)
     assert record["status"] == "ok" and record["method"] == "idlg" and record["iterations"] == 3
-    assert record["label_accuracy"] == 1.0 and record["psnr"] > 0
+    assert record["label_accuracy"] == 1.0
+    # The recorded PSNR is the PSNR of the images the run saved: recomputed here from the 8-bit strips (10 log10 of
+    # 1 / MSE), it agrees to the rounding of 8 bits, which moves it by under 0.01 dB at these errors (measured:
+    # under 1e-3 dB). Three iterations of iDLG do not reconstruct yet (4.7-10.4 dB over seeds 0-2, below a grey
+    # image), so a quality floor here would test nothing: the method tests hold those.
+    truth, reconstruction = (strip(out, record["key"], part) for part in ("truth", "reconstruction"))
+    mse = float(((reconstruction - truth) ** 2).mean())
+    assert abs(record["psnr"] - 10 * math.log10(1 / mse)) < 0.01
+    assert record["per_image_psnr"] == [record["psnr"]]
     assert (out / "summary.md").exists() and (out / "summary.csv").exists()
     assert list((out / "grids").glob("*.png"))
     assert "PSNR" in done.stdout and str(out) in done.stdout
     # the PDF figures' font subsetting must not flood the console (it logged ~200 INFO lines per report)
     assert "fontTools" not in done.stdout + done.stderr
+
+
+def strip(out: Path, key: str, part: str) -> np.ndarray:
+    return np.asarray(Image.open(out / "strips" / f"{key}-{part}.png").convert("RGB"), dtype=np.float64) / 255
+
+
+def test_least_duplication_at_batch_48(run_cli, tmp_path):
+    """dup_ratio=least at B = 48 on crops (images in 19 of its classes): 19 distinct labels, r = (48 - 19) / 47.
+
+    iDLG with one iteration: the cheapest attack trial that still draws, attacks, scores and records the batch.
+    """
+    out = tmp_path / "least"
+    done = run_cli(
+        "sweep=none", "method=idlg", "iterations=1", "batch_size=48", "dup_ratio=least", f"hydra.run.dir={out}"
+    )
+    assert done.returncode == 0, done.stderr
+    (record,) = records(out)
+    assert record["status"] == "ok" and record["dataset"] == "crops"
+    assert record["config"]["dup_ratio"] == "least" and record["dup_ratio"] == (48 - 19) / (48 - 1)
+    assert len(record["true_labels"]) == 48 and len(set(record["true_labels"])) == 19
 
 
 def test_smoke_sweep_and_resume(smoke_results, tmp_path):

@@ -1,6 +1,8 @@
 import math
 import warnings
 
+import numpy as np
+import pytest
 import torch
 
 from bench.data import load_dataset
@@ -79,3 +81,101 @@ def test_matching_with_cdist_equals_the_pairwise_mean_squared_error_assignment()
             expected = torch.empty(batch, dtype=torch.long)
             expected[torch.as_tensor(rows)] = torch.as_tensor(cols)
             assert torch.equal(match(reconstruction, truth), expected)
+
+
+# --- PSNR and SSIM against independent references ------------------------------------------------------------------
+# The SSIM convention we report (Wang et al. 2004, as piq and scikit-image implement it): an 11x11 Gaussian window
+# with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population (not sample) covariances, the SSIM map over the
+# "valid" region only (no padding: 22x22 of a 32x32 image), averaged over pixels and then over the RGB channels.
+# The reference below is that formula in float64 numpy, written here without torch or piq; scikit-image with the
+# same convention is a second reference. bench.metrics scores in float64, so SSIM agrees to rounding (1e-9).
+# PSNR is 10 log10(1 / MSE) with data range 1; piq adds 1e-8 to the MSE (against log of zero), which moves a value
+# by 4.3e-8 / MSE dB: under 1e-4 dB down to MSE = 4.3e-4 (33.6 dB), so PSNR is compared to 1e-4 dB.
+SSIM_SIGMA, SSIM_WINDOW, K1, K2 = 1.5, 11, 0.01, 0.03
+SSIM_TOLERANCE, PSNR_TOLERANCE_DB = 1e-9, 1e-4
+
+
+def reference_psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    mse = ((x.astype(np.float64) - y.astype(np.float64)) ** 2).reshape(len(x), -1).mean(1)
+    return 10 * np.log10(1.0 / mse)
+
+
+def _window() -> np.ndarray:
+    offsets = np.arange(SSIM_WINDOW) - SSIM_WINDOW // 2
+    line = np.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    window = np.outer(line, line)
+    return window / window.sum()
+
+
+def _local_mean(plane: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Weighted mean over every fully contained window position (a 'valid' correlation), by explicit shifts."""
+    size = window.shape[0]
+    height, width = plane.shape[0] - size + 1, plane.shape[1] - size + 1
+    out = np.zeros((height, width))
+    for i in range(size):
+        for j in range(size):
+            out += window[i, j] * plane[i : i + height, j : j + width]
+    return out
+
+
+def reference_ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    window, c1, c2 = _window(), K1**2, K2**2
+    values = []
+    for image_x, image_y in zip(x.astype(np.float64), y.astype(np.float64), strict=True):
+        channels = []
+        for a, b in zip(image_x, image_y, strict=True):
+            mu_a, mu_b = _local_mean(a, window), _local_mean(b, window)
+            var_a = _local_mean(a * a, window) - mu_a**2
+            var_b = _local_mean(b * b, window) - mu_b**2
+            cov = _local_mean(a * b, window) - mu_a * mu_b
+            ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+            channels.append(ssim_map.mean())
+        values.append(np.mean(channels))
+    return np.array(values)
+
+
+def degraded_versions() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(candidate, truth) pairs: a flat grey image, a Gaussian blur and additive Gaussian noise, on real images."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    truth = sample_batch(6)
+    noise = 0.1 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    return {
+        "grey": (torch.full_like(truth, 0.5), truth),
+        "blurred": (gaussian_blur(truth, kernel_size=[5, 5], sigma=[1.5, 1.5]), truth),
+        "noisy": ((truth + noise).clamp(0, 1), truth),
+    }
+
+
+@pytest.mark.parametrize("case", ["grey", "blurred", "noisy"])
+def test_psnr_and_ssim_equal_a_float64_reference(case):
+    candidate, truth = degraded_versions()[case]
+    x, y = candidate.numpy(), truth.numpy()
+    np.testing.assert_allclose(psnr(candidate, truth).numpy(), reference_psnr(x, y), rtol=0, atol=PSNR_TOLERANCE_DB)
+    expected = reference_ssim(x, y)
+    np.testing.assert_allclose(ssim(candidate, truth).numpy(), expected, rtol=0, atol=SSIM_TOLERANCE)
+    # the three cases span the scale: the values are not all near 0 or 1 where a wrong window would hide
+    assert expected.min() < 0.9
+
+
+@pytest.mark.parametrize("case", ["grey", "blurred", "noisy"])
+def test_psnr_and_ssim_equal_scikit_image(case):
+    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is in the test extra")
+    candidate, truth = degraded_versions()[case]
+    for x, y, ours_psnr, ours_ssim in zip(
+        candidate.double().numpy(), truth.double().numpy(), psnr(candidate, truth), ssim(candidate, truth), strict=True
+    ):
+        theirs_psnr = metrics.peak_signal_noise_ratio(y, x, data_range=1.0)
+        theirs_ssim = metrics.structural_similarity(
+            x,
+            y,
+            data_range=1.0,
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=SSIM_SIGMA,
+            use_sample_covariance=False,
+            K1=K1,
+            K2=K2,
+        )
+        assert abs(float(ours_psnr) - theirs_psnr) < PSNR_TOLERANCE_DB
+        assert abs(float(ours_ssim) - theirs_ssim) < SSIM_TOLERANCE
