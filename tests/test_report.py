@@ -194,7 +194,17 @@ def test_ok_record_with_missing_columns(results, tmp_path):
     for path in sorted((copy / "records").glob("*.json"))[1:]:
         path.unlink()
     ((path, record),) = records(copy).items()
-    for column in ("ssim", "lpips", "progress", "versions", "model_state", "dup_ratio", "iterations", "config"):
+    for column in (
+        "ssim",
+        "per_image_ssim",
+        "lpips",
+        "progress",
+        "versions",
+        "model_state",
+        "dup_ratio",
+        "iterations",
+        "config",
+    ):
         del record[column]
     path.write_text(json.dumps(record) + "\n")
     text = report.write_report(copy)
