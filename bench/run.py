@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 import methods
 from bench import records as rec
-from bench.client import client_update
+from bench.client import client_round
 from bench.data import ImageDataset, load_dataset
+from bench.defence_costs import defence_fields
+from bench.defences import defence_from_config, trial_key_part
 from bench.errors import InfeasibleBatchError, UserError
 from bench.metrics import LPIPSScorer, label_accuracy, match, psnr, score
 from bench.models import prepare_model
@@ -120,13 +122,26 @@ def trial_config(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task == "labels":
         keys = ("dataset", "model", "batch_size", "dup_ratio", "seed", "client_mode")
         config = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-        return {"task": "labels", "label_strategy": cfg.label_strategy, **config}
+        return {"task": "labels", "label_strategy": cfg.label_strategy, **config, **defence_key(cfg)}
     config = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in TRIAL_KEYS
     }
     config["method"] = {"name": cfg.method.name, **method_params(cfg)}
-    return config
+    return {**config, **defence_key(cfg)}
+
+
+def defence_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.defence, resolve=True) if cfg.get("defence") else {"name": "none"}
+
+
+def defence_key(cfg: DictConfig) -> dict[str, Any]:
+    """The defence's part of the trial key: nothing for an undefended trial without training cost (keys unchanged)."""
+    part = trial_key_part(defence_from_config(defence_config(cfg))[1])
+    training = OmegaConf.to_container(cfg.defence_training) if cfg.get("defence_training") else {}
+    if training.get("steps"):
+        part["defence_training"] = training
+    return part
 
 
 @functools.lru_cache(maxsize=4)
@@ -210,8 +225,10 @@ def _resolve_dup_ratio(cfg: DictConfig, dataset: ImageDataset) -> float:
     return least
 
 
-def _draw_round(cfg: DictConfig, device: torch.device) -> tuple[ImageDataset, torch.Tensor, torch.Tensor, Any, float]:
-    """data -> client update: the batch, its labels and what the attacker observes."""
+def _draw_round(
+    cfg: DictConfig, device: torch.device
+) -> tuple[ImageDataset, torch.Tensor, torch.Tensor, Any, float, dict[str, Any]]:
+    """data -> client update: the batch, its labels, what the attacker observes and the defence's record fields."""
     dataset = _dataset(rec.canonical_json(OmegaConf.to_container(cfg.dataset, resolve=True)))
     dup_ratio = _resolve_dup_ratio(cfg, dataset)
     indices = sample_batch(dataset.labels, dataset.num_classes, cfg.batch_size, dup_ratio, cfg.seed)
@@ -234,7 +251,8 @@ def _draw_round(cfg: DictConfig, device: torch.device) -> tuple[ImageDataset, to
         cache_dir=_inside_repo(Path(cfg.cache_dir)) / "models",
         **model_cfg,
     ).to(device)
-    observation = client_update(
+    defence, _ = defence_from_config(defence_config(cfg))
+    client = client_round(
         model,
         truth,
         true_labels,
@@ -243,8 +261,21 @@ def _draw_round(cfg: DictConfig, device: torch.device) -> tuple[ImageDataset, to
         num_classes=dataset.num_classes,
         mode=cfg.client_mode,
         labels_known=cfg.labels_known,
+        defence=defence,
+        defence_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "defence")),
     )
-    return dataset, truth, true_labels, observation, dup_ratio
+    costs = defence_fields(
+        defence_config(cfg),
+        client,
+        training=OmegaConf.to_container(cfg.defence_training) if cfg.get("defence_training") else {},
+        model_name=cfg.model.name,
+        model_kwargs=model_cfg,
+        dataset=dataset,
+        seed=cfg.seed,
+        defence_seed=derive_seed(cfg.seed, "defence-training"),
+        cache_dir=_inside_repo(Path(cfg.cache_dir)) / "models",
+    )
+    return dataset, truth, true_labels, client.observation, dup_ratio, costs
 
 
 def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -290,10 +321,13 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
     started = time.perf_counter()
     try:
-        dataset, truth, true_labels, observation, record["dup_ratio"] = _draw_round(cfg, device)
+        dataset, truth, true_labels, observation, record["dup_ratio"], costs = _draw_round(cfg, device)
+        record.update(costs)
     except InfeasibleBatchError as error:
         if HydraConfig.get().mode.name != "MULTIRUN":
             raise
+        return _finish(record | {"status": "skipped", "reason": str(error)}, path, started)
+    except NotApplicableError as error:  # e.g. a defence that does not apply to this model
         return _finish(record | {"status": "skipped", "reason": str(error)}, path, started)
 
     try:
@@ -561,7 +595,7 @@ class ReportCallback(Callback):
         print(f"results: {out_dir.resolve()}")
 
 
-GROUPS = ("method", "dataset", "model", "sweep")
+GROUPS = ("method", "dataset", "model", "sweep", "defence")
 ACTIVE_OUTPUT: list[Path] = []  # the sweep folder in progress, for the resume hint after Ctrl-C
 
 
