@@ -131,7 +131,7 @@ def global_norm(gradients: Gradients) -> Tensor:
 def cosine(a: Gradients, b: Gradients) -> float:
     """Cosine similarity of two updates, each taken as one concatenated vector (nan if either is zero)."""
     dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b, strict=True))
-    norms = float(global_norm(a).double()) * float(global_norm(b).double())
+    norms = math.sqrt(sum(float(x.double().pow(2).sum()) for x in a) * sum(float(y.double().pow(2).sum()) for y in b))
     return dot / norms if norms > 0 else math.nan
 
 
