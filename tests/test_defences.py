@@ -6,6 +6,7 @@ import math
 import sys
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -22,6 +23,7 @@ from bench.defences import (
 )
 from bench.errors import UserError
 from bench.models import build_model
+from bench.report_defences import write_defence_report
 from bench.run import defence_key
 from methods.base import NotApplicableError
 from tests.test_sweeps import records
@@ -283,3 +285,18 @@ def test_tiny_defence_sweep_is_deterministic_and_resumable(run_cli, tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already done") == 4
     assert records(first) == got
+    # the defence report: one row per method x defence x strength, the figures, the success rate from the images
+    markdown = write_defence_report(first)
+    table = pd.read_csv(first / "defences.csv")
+    assert list(zip(table.defence, table.strength.fillna(-1), strict=True)) == [
+        ("none", -1),
+        ("dpsgd", 0.001),
+        ("dpsgd", 1.0),
+    ]
+    for row in table.itertuples():
+        record = by_setting[(row.defence, None if row.defence == "none" else row.strength)]
+        assert row.psnr == pytest.approx(record["psnr"])
+        assert row.success_rate == sum(p >= 20 for p in record["per_image_psnr"]) / 2
+    assert "| idlg | dpsgd | noise_multiplier=1.000 |" in markdown
+    for stem in ("defence_strength", "defence_utility", "defence_training"):
+        assert (first / "figures" / f"{stem}.png").stat().st_size > 0
