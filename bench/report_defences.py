@@ -261,11 +261,11 @@ FIGURES = {
 
 
 def write_defence_report(out_dir: Path | str) -> str | None:
-    """Write ``defences.md``, ``defences.csv`` and the figures into ``out_dir``; None when it holds no defended
-    trials. Returns the markdown."""
+    """Write ``defences.md``, ``defences.csv`` and the figures into ``out_dir``; None (writing nothing) when no
+    trial there ran with a defence. Returns the markdown."""
     out_dir = Path(out_dir)
     table = defence_table(defence_trials(rec.load_records(out_dir)))
-    if table.empty:
+    if not (table.defence != "none").any():
         return None
     table.to_csv(out_dir / "defences.csv", index=False)
     figures_dir = out_dir / "figures"
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     markdown = write_defence_report(args.results)
     if markdown is None:
-        print(f"error: {args.results} holds no trials with a defence column; run sweep=defences", file=sys.stderr)
+        print(f"error: no trial in {args.results} ran with a defence; run sweep=defences", file=sys.stderr)
         return 2
     print(markdown)
     return 0

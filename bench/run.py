@@ -320,6 +320,7 @@ def run_trial(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     started = time.perf_counter()
+    record["cpu_started"] = time.process_time()  # popped by _finish: the trial's CPU seconds (threads=1: one core)
     try:
         dataset, truth, true_labels, observation, record["dup_ratio"], costs = _draw_round(cfg, device)
         record.update(costs)
@@ -416,6 +417,7 @@ def _inside_repo(path: Path) -> Path:
 
 def _finish(record: dict[str, Any], path: Path, started: float) -> dict[str, Any]:
     record["trial_seconds"] = time.perf_counter() - started
+    record["trial_cpu_seconds"] = time.process_time() - record.pop("cpu_started")
     rec.write_atomic(path, rec.canonical_json(record) + "\n")
     return record
 
@@ -592,6 +594,9 @@ class ReportCallback(Callback):
             return
         summary = write_report(out_dir)
         print(summary)
+        from bench.report_defences import write_defence_report
+
+        write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
         print(f"results: {out_dir.resolve()}")
 
 
