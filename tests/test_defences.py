@@ -300,3 +300,13 @@ def test_tiny_defence_sweep_is_deterministic_and_resumable(run_cli, tmp_path):
     assert "| idlg | dpsgd | noise_multiplier=1.000 |" in markdown
     for stem in ("defence_strength", "defence_utility", "defence_training"):
         assert (first / "figures" / f"{stem}.png").stat().st_size > 0
+
+
+def test_defence_report_of_a_folder_without_defended_trials_is_an_error(tmp_path, capsys):
+    from bench.report_defences import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "records").mkdir()
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("error:") == 2
+    assert write_defence_report(tmp_path) is None and not (tmp_path / "defences.md").exists()
