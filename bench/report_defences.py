@@ -145,7 +145,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     )
     lines = []
     for r in table.itertuples(index=False):
-        strength = "–" if r.parameter is None else f"{r.parameter}={_fmt(r.strength, 3)}"
+        strength = f"{r.parameter}={_fmt(r.strength, 3)}" if isinstance(r.parameter, str) else "–"
         success = "–" if math.isnan(r.success_rate) else f"{100 * r.success_rate:.0f}%"
         trials = f"{r.n_trials}" + (f" ({r.skipped})" if r.skipped else "")
         lines.append(
