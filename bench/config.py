@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench.defences import defence_from_config
 from bench.errors import UserError
 from methods.base import get_method_class
 from methods.labels import list_label_strategies
@@ -53,7 +54,8 @@ class Key:
         if self.choices:
             return None if value in self.choices else f"use one of {', '.join(map(_word, self.choices))}"
         if not _is_kind(value, self.kind):
-            words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+            words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+                 dict: "a mapping"}
             extra = f" or {' or '.join(self.also)}" if self.also else ""
             return f"give {words[self.kind]}{extra}, e.g. {self.name}={self.show_example()}"
         if self.minimum is not None and value < self.minimum:
@@ -124,6 +126,9 @@ SCHEMA: tuple[Key, ...] = (
         run_only=True),
     Key("success_psnr", float, 20.0, "an image counts as reconstructed at this PSNR (dB) or above: the "
         "reports' success rate", run_only=True),
+    Key("defence_training", dict, {"steps": 0, "batch": 16, "lr": 0.05}, "training cost of the defence: held-out "
+        "accuracy after `steps` local SGD steps with the defence on every step; steps=0: off (docs/defences.md); "
+        "part of the trial key when on"),
     Key("sweep_name", str, "single", "the results subfolder; set by each sweep file", run_only=True),
 )
 SETTINGS = {key.name: key for key in SCHEMA}
@@ -135,7 +140,8 @@ MODEL_STATES = ("untrained", "trained")
 
 def defaults() -> dict[str, Any]:
     """Every top-level key's default: Hydra's ``settings`` config and the Python API's starting point."""
-    return {key.name: (list(key.default) if isinstance(key.default, list) else key.default) for key in SCHEMA}
+    return {key.name: (type(key.default)(key.default) if isinstance(key.default, list | dict) else key.default)
+            for key in SCHEMA}
 
 
 def check_value(name: str, value: Any) -> None:
@@ -159,6 +165,8 @@ def validate(config: Mapping[str, Any]) -> None:
                 f"unknown label strategy {config.get('label_strategy')!r}; available: "
                 f"{', '.join(list_label_strategies())}"
             )
+    if config.get("defence") is not None:
+        defence_from_config(config["defence"])  # a bad strength is a UserError naming the defence
     model = config.get("model") or {}
     if model.get("state", "untrained") not in MODEL_STATES:
         raise UserError(f"model.state={model.get('state')!r} is not valid; use model.state=untrained or trained")

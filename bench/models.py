@@ -375,6 +375,11 @@ def _derived_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:8], "little") >> 1
 
 
+StepTransform = Callable[[nn.Module, Tensor, Tensor], None]
+"""Rewrites the ``.grad`` of the model's parameters in place after each training step's backward pass, given the
+model, the step's normalised inputs and labels (e.g. a client-side defence applied to every step)."""
+
+
 def _train(
     model: nn.Module,
     images: Tensor,
@@ -386,6 +391,7 @@ def _train(
     steps: int,
     batch: int,
     lr: float,
+    step_transform: StepTransform | None = None,
 ) -> None:
     # A separate stream from the initialisation generator, so batch order and init are not correlated.
     generator = torch.Generator().manual_seed(_derived_seed(seed, "train"))
@@ -402,9 +408,12 @@ def _train(
         x = images[idx]
         flip = torch.rand(batch, generator=generator) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = F.cross_entropy(model((x - mean) / std), labels[idx])
+        inputs = (x - mean) / std
+        loss = F.cross_entropy(model(inputs), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if step_transform is not None:
+            step_transform(model, inputs, labels[idx])
         optimizer.step()
 
 
@@ -423,6 +432,8 @@ def prepare_model(
     train_steps: int = 200,
     train_batch: int = 32,
     lr: float = 0.05,
+    step_transform: StepTransform | None = None,
+    step_transform_key: Any = None,
     **model_kwargs: Any,
 ) -> nn.Module:
     """The model an attack is run against, in eval mode (the caller picks train/eval mode for its threat model).
@@ -430,6 +441,8 @@ def prepare_model(
     ``untrained``: ``build_model`` with ``seed``. ``trained``: the seeded model after ``train_steps`` steps of
     SGD (momentum 0.9, cross-entropy on ``(x - mean) / std``, random horizontal flips) on ``train_images``
     ((N, C, H, W) in [0, 1]) and ``train_labels`` ((N,)), cached in ``cache_dir`` under a key of every input.
+    ``step_transform`` changes every step's gradients; ``step_transform_key`` (JSON-able) must then name it in
+    the cache key.
     """
     shape = _check_image_shape(image_shape)
     model = build_model(name, num_classes=num_classes, image_shape=shape, seed=seed, **model_kwargs)
@@ -458,8 +471,13 @@ def prepare_model(
     if (std_t <= 0).any():
         raise UserError(f"std must be positive, got {std_t.flatten().tolist()}")
 
+    if step_transform is not None and step_transform_key is None:
+        raise ValueError("a step_transform needs a step_transform_key naming it in the cache key")
+    # only a transformed run adds its key, so that plain runs keep their cached checkpoints
+    transform_entry = {"step_transform": step_transform_key} if step_transform is not None else {}
     key = _cache_key(
         {
+            **transform_entry,
             "recipe": _TRAIN_RECIPE_VERSION,
             "name": name,
             "model_kwargs": dict(model_kwargs),
@@ -485,7 +503,18 @@ def prepare_model(
         file=sys.stderr,
         flush=True,
     )
-    _train(model, images, labels, mean_t, std_t, seed=int(seed), steps=int(train_steps), batch=int(train_batch), lr=lr)
+    _train(
+        model,
+        images,
+        labels,
+        mean_t,
+        std_t,
+        seed=int(seed),
+        steps=int(train_steps),
+        batch=int(train_batch),
+        lr=lr,
+        step_transform=step_transform,
+    )
     model.eval()
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")

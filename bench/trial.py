@@ -26,8 +26,10 @@ from omegaconf import OmegaConf
 
 from bench import config as schema
 from bench import records as rec
-from bench.client import client_update
+from bench.client import client_round
 from bench.data import ImageDataset, load_dataset
+from bench.defence_costs import defence_fields
+from bench.defences import defence_from_config, trial_key_part
 from bench.errors import InfeasibleBatchError, UserError
 from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.models import prepare_model
@@ -51,6 +53,7 @@ class Round:
     true_labels: torch.Tensor
     observation: Observation
     dup_ratio: float
+    defence: dict[str, Any]  # the record's defence columns (name, strength, utility, training cost)
 
 
 @dataclass
@@ -184,8 +187,9 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
         cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
         **{k: v for k, v in model_spec.items() if k not in ("name", "state")},
     ).to(device)
+    defence, _ = defence_from_config(defence_config(settings))
     try:
-        observation = client_update(
+        client = client_round(
             model,
             truth,
             true_labels,
@@ -194,7 +198,11 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
             num_classes=dataset.num_classes,
             mode=settings["client_mode"],
             labels_known=settings["labels_known"],
+            defence=defence,
+            defence_generator=torch.Generator().manual_seed(derive_seed(seed, "defence")),
         )
+    except NotApplicableError:
+        raise
     except (RuntimeError, ValueError) as error:  # the model cannot take this batch at all: a configuration error
         shape = "x".join(map(str, dataset.image_shape))
         raise UserError(
@@ -202,7 +210,31 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
             f"batch_size={batch_size} in client_mode={settings['client_mode']} ({str(error).splitlines()[0]}); "
             "use a larger dataset.resolution or batch_size, or client_mode=eval"
         ) from None
-    return Round(dataset, truth, true_labels, observation, dup_ratio)
+    costs = defence_fields(
+        defence_config(settings),
+        client,
+        training=settings.get("defence_training") or {},
+        model_name=model_spec["name"],
+        model_kwargs={k: v for k, v in model_spec.items() if k not in ("name", "state")},
+        dataset=dataset,
+        seed=seed,
+        defence_seed=derive_seed(seed, "defence-training"),
+        cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
+    )
+    return Round(dataset, truth, true_labels, client.observation, dup_ratio, costs)
+
+
+def defence_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(settings.get("defence") or {"name": "none"})
+
+
+def defence_key(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The defence's part of the trial key: nothing for an undefended trial without training cost (keys unchanged)."""
+    part = trial_key_part(defence_from_config(defence_config(settings))[1])
+    training = dict(settings.get("defence_training") or {})
+    if training.get("steps"):
+        part["defence_training"] = training
+    return part
 
 
 def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -218,12 +250,13 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
             "device": device.type,
             **{k: settings[k] for k in keys},
             **skew,
+            **defence_key(settings),
         }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
     config["device"] = device.type
     options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
     config["method"] = {"name": settings["method"]["name"], **options}
-    return config | skew
+    return config | skew | defence_key(settings)
 
 
 def build_attack(settings: Mapping[str, Any]) -> Attack:
@@ -271,13 +304,17 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     started = time.perf_counter()
+    record["cpu_started"] = time.process_time()  # popped by _finish: the trial's CPU seconds (threads=1: one core)
     try:
         drawn = draw_round(settings, device)
     except InfeasibleBatchError as error:
         if not in_sweep:
             raise
         return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
+    except NotApplicableError as error:  # e.g. a defence that does not apply to this model
+        return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
     record["dup_ratio"] = drawn.dup_ratio
+    record.update(drawn.defence)
 
     result = TrialResult(record, truth=drawn.truth, true_labels=drawn.true_labels)
     try:
@@ -388,6 +425,7 @@ def _inside_repo(path: Path) -> Path:
 
 def _finish(record: dict[str, Any], path: Path | None, started: float) -> dict[str, Any]:
     record["trial_seconds"] = time.perf_counter() - started
+    record["trial_cpu_seconds"] = time.process_time() - record.pop("cpu_started")
     if path is not None:
         rec.write_atomic(path, rec.canonical_json(record) + "\n")
     return record

@@ -28,11 +28,20 @@ class GradientError(ValueError):
 
 
 @dataclass(frozen=True)
+class DefenceDescription:
+    """Which defence the client applied and its parameters (what the attacker knows; never its randomness)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the attacker receives from one FedSGD round of one client.
 
     ``gradients`` follow ``model.parameters()`` order (trainable parameters only)
-    and are the gradients of the *mean* cross-entropy over the client's batch.
+    and are the gradients of the *mean* cross-entropy over the client's batch, after
+    the client's ``defence`` when there is one (then they may be noisy, sparse, etc.).
     ``model`` is the attacker's copy of the global model, in the same train/eval
     mode the client used; its BatchNorm running statistics are frozen so that
     dummy forward passes do not change them.
@@ -46,6 +55,8 @@ class Observation:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     labels: Tensor | None = None
+    # the defence applied to ``gradients`` before they crossed over (None: no defence); docs/defences.md
+    defence: DefenceDescription | None = None
 
     def __post_init__(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]

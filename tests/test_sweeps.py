@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, SMOKE
 
 # Fields that legitimately differ between two runs of the same trial: wall-clock timings.
-TIMING = {"created", "trial_seconds", "attack_seconds", "seconds_per_iteration", "resumed"}
+TIMING = {"created", "trial_seconds", "trial_cpu_seconds", "attack_seconds", "seconds_per_iteration", "resumed"}
 
 
 def comparable(record: dict) -> dict:
