@@ -69,11 +69,14 @@ def method_styles(names: Iterable[str]) -> dict[str, MethodStyle]:
     names = set(names)
     registry = registered_methods()
     attacks = [m.name for m in registry if not m.reference]
-    references = [m.name for m in registry if m.reference]
+    # the built-in floors keep their shades whatever else registers; other references follow by name
+    registered_references = {m.name for m in registry if m.reference}
+    references = [n for n in REFERENCE_NAMES if n in registered_references]
+    references += sorted(registered_references - set(REFERENCE_NAMES))
     known = {m.name for m in registry}
     unknown = sorted(n for n in names if n not in known)
     attacks += [n for n in unknown if n not in REFERENCE_NAMES]
-    references += [n for n in unknown if n in REFERENCE_NAMES]
+    references += [n for n in unknown if n in REFERENCE_NAMES and n not in references]
     styles = {}
     for name in names:
         if name in references:
