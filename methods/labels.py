@@ -21,6 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from methods.base import NotApplicableError, Observation
+from methods.lastlayer import (
+    check_batch,
+    last_layer_gradients,
+    last_layer_parameters,
+    multiset,
+    precise,
+    precise_dtype,
+    round_to_total,
+)
 from methods.registry import Registry
 
 LabelStrategy = Callable[[Observation], Tensor]
@@ -66,83 +75,6 @@ def labels_for(observation: Observation, strategy: str, batch_strategy: str | No
     return infer_labels(strategy, observation)
 
 
-def last_layer_gradients(observation: Observation) -> tuple[Tensor, Tensor]:
-    """The classifier's weight gradient (K, F) and bias gradient (K,): the last two exposed gradients."""
-    grads = observation.gradients
-    classes = observation.num_classes
-    if len(grads) < 2:
-        raise ValueError(
-            f"need the gradients of a final nn.Linear with bias, but only {len(grads)} gradient(s) were exposed"
-        )
-    weight, bias = grads[-2], grads[-1]
-    if weight.ndim != 2 or bias.ndim != 1 or weight.shape[0] != classes or bias.shape[0] != classes:
-        raise ValueError(
-            f"the last two gradients have shapes {tuple(weight.shape)} and {tuple(bias.shape)}; label inference "
-            f"needs the model to end in nn.Linear(F, {classes}) with bias, i.e. shapes ({classes}, F) and ({classes},)"
-        )
-    return weight, bias
-
-
-def _last_layer_parameters(observation: Observation) -> tuple[Tensor, Tensor]:
-    """The classifier's own weight and bias, matched to the gradients by ``model.parameters()`` order."""
-    params = [p for p in observation.model.parameters() if p.requires_grad]
-    weight, bias = params[-2].detach(), params[-1].detach()
-    grad_w, grad_b = last_layer_gradients(observation)
-    if weight.shape != grad_w.shape or bias.shape != grad_b.shape:
-        raise ValueError("the model's last two trainable parameters are not the classifier the gradients belong to")
-    return weight, bias
-
-
-def _precise_dtype(device: torch.device) -> torch.dtype:
-    # counts come from differences of probabilities ~1/K; float64 keeps rounding out of the picture (MPS lacks it)
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _precise(t: Tensor) -> Tensor:
-    return t.detach().to(_precise_dtype(t.device))
-
-
-def _multiset(counts: Tensor) -> Tensor:
-    """Labels sorted by class, class c repeated counts[c] times."""
-    classes = torch.arange(counts.numel(), device=counts.device)
-    return torch.repeat_interleave(classes, counts.long())
-
-
-def _round_to_total(estimates: Tensor, total: int, present_mask: Tensor) -> Tensor:
-    """Integer counts near ``estimates`` that sum to ``total`` (largest remainder method).
-
-    Every present class keeps at least one sample; if more classes are present
-    than ``total`` allows, only the ``total`` with the largest estimates count as present.
-    """
-    estimates = estimates.detach().to(torch.float64).cpu().clamp(min=0)
-    present = present_mask.detach().cpu().bool().clone()
-    if int(present.sum()) > total:
-        keep = torch.topk(torch.where(present, estimates, torch.full_like(estimates, -1.0)), total).indices
-        present = torch.zeros_like(present)
-        present[keep] = True
-    counts = estimates.floor()
-    counts = torch.where(present, counts.clamp(min=1), counts)
-    residual = estimates - counts
-    floor = present.to(torch.float64)
-    while int(counts.sum()) < total:
-        c = int(residual.argmax())
-        counts[c] += 1
-        residual[c] -= 1
-    while int(counts.sum()) > total:
-        removable = counts > floor
-        c = int(torch.where(removable, residual, torch.full_like(residual, float("inf"))).argmin())
-        counts[c] -= 1
-        residual[c] += 1
-    return counts.long().to(present_mask.device)
-
-
-def _check_batch(observation: Observation) -> int:
-    batch = observation.batch_size
-    if batch < 1:
-        raise ValueError(f"batch_size must be positive, got {batch}")
-    return batch
-
-
 @register_label_strategy("idlg")
 def idlg_labels(observation: Observation) -> Tensor:
     """iDLG (Zhao et al. 2020, "iDLG: Improved Deep Leakage from Gradients").
@@ -152,15 +84,15 @@ def idlg_labels(observation: Observation) -> Tensor:
     only negative one, so the label is the argmin of the row sums of dW.
     Assumes B = 1 and non-negative last-layer features.
     """
-    if _check_batch(observation) != 1:
+    if check_batch(observation) != 1:
         raise NotApplicableError(
             f"the idlg label strategy handles a single sample, got batch_size={observation.batch_size}; "
             "use 'ilrg', 'count', 'llg' or 'analytic' for batches"
         )
     grad_w, grad_b = last_layer_gradients(observation)
-    row_sums = _precise(grad_w).sum(dim=1)
+    row_sums = precise(grad_w).sum(dim=1)
     # all-zero features (e.g. every ReLU dead) leave the row sums flat; the bias gradient still has the sign
-    scores = row_sums if bool(row_sums.ne(0).any()) else _precise(grad_b)
+    scores = row_sums if bool(row_sums.ne(0).any()) else precise(grad_b)
     return scores.argmin().reshape(1).long()
 
 
@@ -178,9 +110,9 @@ def analytic_labels(observation: Observation) -> Tensor:
     negative (degenerate gradients), the smallest entry fills every slot.
     Follows the sign argument shared by iDLG (Zhao et al. 2020) and LLG (Wainakh et al. 2022).
     """
-    batch = _check_batch(observation)
+    batch = check_batch(observation)
     _, grad_b = last_layer_gradients(observation)
-    grad_b = _precise(grad_b)
+    grad_b = precise(grad_b)
     order = torch.argsort(grad_b)
     present = order[grad_b[order] < 0]
     if present.numel() == 0:
@@ -201,14 +133,14 @@ def yin_labels(observation: Observation) -> Tensor:
     Assumes the batch has no repeated labels: it returns B *distinct* classes, so it
     is necessarily wrong whenever a label occurs twice, and it needs B <= K.
     """
-    batch = _check_batch(observation)
+    batch = check_batch(observation)
     grad_w, _ = last_layer_gradients(observation)
     if batch > observation.num_classes:
         raise NotApplicableError(
             f"the yin label strategy returns distinct labels, so it needs batch_size <= num_classes "
             f"({batch} > {observation.num_classes}); use 'ilrg' or 'count'"
         )
-    minima = _precise(grad_w).min(dim=1).values
+    minima = precise(grad_w).min(dim=1).values
     return torch.argsort(minima)[:batch].long()
 
 
@@ -230,9 +162,9 @@ def llg_labels(observation: Observation) -> Tensor:
     Assumes non-negative features with similar sums across samples and
     near-uniform posteriors (an untrained or early-training model).
     """
-    batch = _check_batch(observation)
+    batch = check_batch(observation)
     grad_w, _ = last_layer_gradients(observation)
-    sums = _precise(grad_w).sum(dim=1)
+    sums = precise(grad_w).sum(dim=1)
     classes = sums.numel()
     negative = sums < 0
     k = int(negative.sum())
@@ -254,7 +186,7 @@ def llg_labels(observation: Observation) -> Tensor:
         # subtract from the class just selected; a stale index here repeats one class forever
         sums[c] -= impact
         taken += 1
-    return _multiset(counts)
+    return multiset(counts)
 
 
 def _present_from(grad_b: Tensor, estimates: Tensor) -> Tensor:
@@ -278,7 +210,7 @@ def _dummy_posteriors(observation: Observation) -> Tensor:
     batch = observation.batch_size if batch_statistics else max(_DUMMY_SAMPLES, observation.batch_size)
     generator = torch.Generator().manual_seed(_DUMMY_SEED)
     dtype = next(model.parameters()).dtype
-    precise = _precise_dtype(observation.device)
+    precise = precise_dtype(observation.device)
     total = torch.zeros(observation.num_classes, dtype=precise, device=observation.device)
     seen = 0
     with torch.no_grad():
@@ -309,11 +241,11 @@ def count_labels(observation: Observation) -> Tensor:
     We follow the paper's zero-shot idea, not its exact equations: ours uses only
     the bias gradient, which every model here has, and the dummy-input posteriors.
     """
-    batch = _check_batch(observation)
+    batch = check_batch(observation)
     _, grad_b = last_layer_gradients(observation)
-    grad_b = _precise(grad_b)
+    grad_b = precise(grad_b)
     estimates = batch * (_dummy_posteriors(observation).to(grad_b) - grad_b)
-    return _multiset(_round_to_total(estimates, batch, _present_from(grad_b, estimates)))
+    return multiset(round_to_total(estimates, batch, _present_from(grad_b, estimates)))
 
 
 @register_label_strategy("ilrg")
@@ -347,9 +279,9 @@ def ilrg_labels(observation: Observation) -> Tensor:
     the samples of the batch (untrained or early-training models): the error is
     |p_bar_c - softmax(W z_bar + b)_c|, and counts are exact while it stays below 1/(2B).
     """
-    batch = _check_batch(observation)
-    grad_w, grad_b = (_precise(g) for g in last_layer_gradients(observation))
-    weight, bias = (_precise(p).to(grad_w.device) for p in _last_layer_parameters(observation))
+    batch = check_batch(observation)
+    grad_w, grad_b = (precise(g) for g in last_layer_gradients(observation))
+    weight, bias = (precise(p).to(grad_w.device) for p in last_layer_parameters(observation))
     present = grad_b < 0
     estimates = torch.zeros_like(grad_b)
     for _ in range(grad_b.numel() + 1):
@@ -369,4 +301,4 @@ def ilrg_labels(observation: Observation) -> Tensor:
         if torch.equal(updated, present):
             break
         present = updated
-    return _multiset(_round_to_total(estimates, batch, present))
+    return multiset(round_to_total(estimates, batch, present))

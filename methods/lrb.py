@@ -40,14 +40,8 @@ import torch
 from torch import Tensor
 
 from methods.base import Observation
-from methods.labels import (
-    _check_batch,
-    _last_layer_parameters,
-    _multiset,
-    _precise,
-    last_layer_gradients,
-    register_label_strategy,
-)
+from methods.labels import register_label_strategy
+from methods.lastlayer import check_batch, last_layer_gradients, last_layer_parameters, multiset, precise
 
 # the posterior model is used only if its relative L1 error on the absent classes' mean posteriors is below this
 MODEL_TOLERANCE = 0.2
@@ -130,9 +124,9 @@ def _model_posterior(
 
 def lrb_counts(observation: Observation, *, model_tolerance: float = MODEL_TOLERANCE) -> Tensor:
     """Per-class counts (K,) recovered by LRB; see the module docstring."""
-    batch = _check_batch(observation)
-    grad_w, grad_b = (_precise(g) for g in last_layer_gradients(observation))
-    weight, bias = (_precise(p).to(grad_w.device) for p in _last_layer_parameters(observation))
+    batch = check_batch(observation)
+    grad_w, grad_b = (precise(g) for g in last_layer_gradients(observation))
+    weight, bias = (precise(p).to(grad_w.device) for p in last_layer_parameters(observation))
     targets = -batch * grad_b  # T_c = n_c - sum_i p_ic, exactly
 
     # 1. proven presence; 2. the posterior model, trusted only if it predicts the absent classes
@@ -167,4 +161,4 @@ def lrb_counts(observation: Observation, *, model_tolerance: float = MODEL_TOLER
 @register_label_strategy("lrb")
 def lrb_labels(observation: Observation) -> Tensor:
     """AFGI's Label Recovery Block (our analytic design; see ``methods/lrb.py`` and docs/methods/afgi.md)."""
-    return _multiset(lrb_counts(observation))
+    return multiset(lrb_counts(observation))

@@ -15,13 +15,12 @@ from torch import Tensor, nn
 from bench.metrics import label_accuracy
 from methods.base import Observation, UnknownNameError
 from methods.labels import (
-    _round_to_total,
     get_label_strategy,
     infer_labels,
-    last_layer_gradients,
     list_label_strategies,
     register_label_strategy,
 )
+from methods.lastlayer import last_layer_gradients, round_to_total
 from methods.lrb import certain_presence
 from methods.optimise import model_gradients
 
@@ -253,10 +252,10 @@ def test_analytic_fills_missing_slots_with_the_most_negative_classes() -> None:
 def test_round_to_total_keeps_present_classes_and_the_total() -> None:
     estimates = torch.tensor([2.6, 2.6, 0.2, 0.0, 1.4])
     present = torch.tensor([True, True, True, False, True])
-    counts = _round_to_total(estimates, 7, present)
+    counts = round_to_total(estimates, 7, present)
     assert int(counts.sum()) == 7
     assert counts.tolist() == [3, 2, 1, 0, 1] or counts.tolist() == [2, 3, 1, 0, 1]
-    assert _round_to_total(torch.tensor([0.9, 0.8, 0.7]), 2, torch.tensor([True, True, True])).tolist() == [1, 1, 0]
+    assert round_to_total(torch.tensor([0.9, 0.8, 0.7]), 2, torch.tensor([True, True, True])).tolist() == [1, 1, 0]
 
 
 def test_last_layer_gradients_needs_a_final_linear_with_bias() -> None:
