@@ -21,6 +21,7 @@ from bench.perf.isolate import call_isolated
 from bench.perf.rounds import default_dataset, registered_methods
 from bench.perf.tables import cell_table, experiments_text, machine_info, share_table
 from bench.perf.targets import check_targets, missed, scoring_builds_no_graph
+from bench.plugins import load_plugins
 from bench.system import tune_malloc
 
 MODELS = ("lenet", "convnet", "resnet18")
@@ -87,7 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="exit 1 when a target of docs/performance.md measured in this run is missed",
     )
+    parser.add_argument("--plugins", nargs="+", default=[], help="modules or .py files that register methods first")
     args = parser.parse_args(argv)
+    load_plugins(args.plugins)
     if args.quick:
         args.methods = args.methods or ["idlg", "ig"]
         args.models = args.models or ["lenet"]
