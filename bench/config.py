@@ -54,8 +54,14 @@ class Key:
         if self.choices:
             return None if value in self.choices else f"use one of {', '.join(map(_word, self.choices))}"
         if not _is_kind(value, self.kind):
-            words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
-                 dict: "a mapping"}
+            words = {
+                int: "an integer",
+                float: "a number",
+                bool: "true or false",
+                str: "a string",
+                list: "a list",
+                dict: "a mapping",
+            }
             extra = f" or {' or '.join(self.also)}" if self.also else ""
             return f"give {words[self.kind]}{extra}, e.g. {self.name}={self.show_example()}"
         if self.minimum is not None and value < self.minimum:
@@ -89,46 +95,126 @@ def _is_kind(value: Any, kind: type) -> bool:
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("task", str, "attack", "attack (reconstruct images) or labels (label recovery only: sweep=labels)",
-        choices=("attack", "labels"), trial=True),
+    Key(
+        "task",
+        str,
+        "attack",
+        "attack (reconstruct images) or labels (label recovery only: sweep=labels)",
+        choices=("attack", "labels"),
+        trial=True,
+    ),
     Key("label_strategy", str, "count", "the strategy a task=labels trial evaluates (methods.labels)"),
-    Key("profile", str, "quick", "quick (CPU budgets) or paper (the papers' budgets, for a GPU)",
-        choices=("quick", "paper"), trial=True),
+    Key(
+        "profile",
+        str,
+        "quick",
+        "quick (CPU budgets) or paper (the papers' budgets, for a GPU)",
+        choices=("quick", "paper"),
+        trial=True,
+    ),
     Key("batch_size", int, 1, "images in the client's batch", minimum=1, trial=True),
-    Key("dup_ratio", float, 0.0, "0: all labels distinct, 1: all the same, least: the least the dataset allows",
-        minimum=0, maximum=1, also=("least",), trial=True, example="0.5"),
-    Key("composition", str, "even", "how a batch spreads over its classes: even (as evenly as possible) or "
-        "dirichlet (skewed counts, as on real clients)", choices=("even", "dirichlet")),
+    Key(
+        "dup_ratio",
+        float,
+        0.0,
+        "0: all labels distinct, 1: all the same, least: the least the dataset allows",
+        minimum=0,
+        maximum=1,
+        also=("least",),
+        trial=True,
+        example="0.5",
+    ),
+    Key(
+        "composition",
+        str,
+        "even",
+        "how a batch spreads over its classes: even (as evenly as possible) or "
+        "dirichlet (skewed counts, as on real clients)",
+        choices=("even", "dirichlet"),
+    ),
     Key("alpha", float, 0.5, "Dirichlet concentration of composition=dirichlet (smaller: more skewed)", above=0),
-    Key("seed", int, 0, "seeds the batch, the model initialisation and the attack's initialisation", minimum=0,
-        trial=True),
+    Key(
+        "seed",
+        int,
+        0,
+        "seeds the batch, the model initialisation and the attack's initialisation",
+        minimum=0,
+        trial=True,
+    ),
     Key("seeds", int, 1, "how many seeds a sweep runs (0..seeds-1)", minimum=1, run_only=True),
-    Key("iterations", int, None, "overrides the profile's iteration budget when set", minimum=1, nullable=True,
-        example="100"),
+    Key(
+        "iterations",
+        int,
+        None,
+        "overrides the profile's iteration budget when set",
+        minimum=1,
+        nullable=True,
+        example="100",
+    ),
     Key("labels_known", bool, False, "threat model: does the attacker receive the labels?", trial=True),
-    Key("client_mode", str, "train", "the mode the client computes its gradient in (BatchNorm!)",
-        choices=("train", "eval"), trial=True),
-    Key("threads", int, 1, "torch CPU threads per trial: 1 is robust on small shared machines and reproducible",
-        minimum=1, nullable=True, run_only=True),
-    Key("device", str, "auto", "auto picks CUDA when present; cpu, cuda, cuda:N, mps (its type is part of a "
-        "trial's key)", run_only=True),
-    Key("allow_tf32", bool, False, "TF32 matmuls and convolutions on CUDA (faster, about 1e-3 off float32)",
-        trial=True),
-    Key("score_every", int, 25, "score the running reconstruction every k iterations (0: never)", minimum=0,
-        run_only=True),
+    Key(
+        "client_mode",
+        str,
+        "train",
+        "the mode the client computes its gradient in (BatchNorm!)",
+        choices=("train", "eval"),
+        trial=True,
+    ),
+    Key(
+        "threads",
+        int,
+        1,
+        "torch CPU threads per trial: 1 is robust on small shared machines and reproducible",
+        minimum=1,
+        nullable=True,
+        run_only=True,
+    ),
+    Key(
+        "device",
+        str,
+        "auto",
+        "auto picks CUDA when present; cpu, cuda, cuda:N, mps (its type is part of a trial's key)",
+        run_only=True,
+    ),
+    Key(
+        "allow_tf32", bool, False, "TF32 matmuls and convolutions on CUDA (faster, about 1e-3 off float32)", trial=True
+    ),
+    Key(
+        "score_every",
+        int,
+        25,
+        "score the running reconstruction every k iterations (0: never)",
+        minimum=0,
+        run_only=True,
+    ),
     Key("quiet", bool, False, "true turns progress bars off", run_only=True),
     Key("debug", bool, False, "true shows tracebacks for errors", run_only=True),
     Key("results_root", str, "results", "where results/<sweep>/<timestamp>/ folders go", run_only=True),
-    Key("plugins", list, [], "modules or .py files to import first: they may register methods "
-        "(docs/adding_a_method.md)", run_only=True, example="[my_attack.py]"),
+    Key(
+        "plugins",
+        list,
+        [],
+        "modules or .py files to import first: they may register methods (docs/adding_a_method.md)",
+        run_only=True,
+        example="[my_attack.py]",
+    ),
     Key("cache_dir", str, ".cache/gia-bench", "trained models and other caches", run_only=True),
-    Key("grid_images", int, 8, "images per row in a trial's PNG grid (first k of the batch)", minimum=1,
-        run_only=True),
-    Key("success_psnr", float, 20.0, "an image counts as reconstructed at this PSNR (dB) or above: the "
-        "reports' success rate", run_only=True),
-    Key("defence_training", dict, {"steps": 0, "batch": 16, "lr": 0.05}, "training cost of the defence: held-out "
+    Key("grid_images", int, 8, "images per row in a trial's PNG grid (first k of the batch)", minimum=1, run_only=True),
+    Key(
+        "success_psnr",
+        float,
+        20.0,
+        "an image counts as reconstructed at this PSNR (dB) or above: the reports' success rate",
+        run_only=True,
+    ),
+    Key(
+        "defence_training",
+        dict,
+        {"steps": 0, "batch": 16, "lr": 0.05},
+        "training cost of the defence: held-out "
         "accuracy after `steps` local SGD steps with the defence on every step; steps=0: off (docs/defences.md); "
-        "part of the trial key when on"),
+        "part of the trial key when on",
+    ),
     Key("sweep_name", str, "single", "the results subfolder; set by each sweep file", run_only=True),
 )
 SETTINGS = {key.name: key for key in SCHEMA}
@@ -140,8 +226,10 @@ MODEL_STATES = ("untrained", "trained")
 
 def defaults() -> dict[str, Any]:
     """Every top-level key's default: Hydra's ``settings`` config and the Python API's starting point."""
-    return {key.name: (type(key.default)(key.default) if isinstance(key.default, list | dict) else key.default)
-            for key in SCHEMA}
+    return {
+        key.name: (type(key.default)(key.default) if isinstance(key.default, list | dict) else key.default)
+        for key in SCHEMA
+    }
 
 
 def check_value(name: str, value: Any) -> None:
@@ -196,3 +284,28 @@ def method_options(method: Mapping[str, Any], profile: str, iterations: int | No
     except ValueError as error:
         raise UserError(str(error)) from None
     return options
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (README.md embeds it; a test keeps it in sync with this schema)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key in SCHEMA:
+        kind = " / ".join(map(_word, key.choices)) if key.choices else key.kind.__name__
+        if key.also:
+            kind += " or " + " / ".join(key.also)
+        default = (
+            "null"
+            if key.default is None
+            else _word(key.default)
+            if not isinstance(key.default, dict)
+            else ("{" + ", ".join(f"{k}: {v}" for k, v in key.default.items()) + "}")
+        )
+        limits = [f">= {key.minimum:g}"] if key.minimum is not None else []
+        limits += [f"> {key.above:g}"] if key.above is not None else []
+        limits += [f"<= {key.maximum:g}"] if key.maximum is not None else []
+        notes = ", ".join(
+            limits + (["in the trial's key"] if key.trial else []) + (["run only"] if key.run_only else [])
+        )
+        meaning = key.help.replace("|", "\\|") + (f" ({notes})" if notes else "")
+        rows.append(f"| `{key.name}` | {kind} | {default} | {meaning} |")
+    return "\n".join(rows)

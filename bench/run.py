@@ -166,9 +166,6 @@ class ReportCallback(Callback):
             return
         summary = write_report(out_dir, success_psnr=success_psnr)
         print(summary)
-        from bench.report_defences import write_defence_report
-
-        write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
         print(f"results: {out_dir.resolve()}")
 
 

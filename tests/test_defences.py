@@ -23,7 +23,7 @@ from bench.defences import (
 )
 from bench.errors import UserError
 from bench.models import build_model
-from bench.report_defences import write_defence_report
+from bench.report.defences import write_defence_report
 from bench.trial import defence_key
 from methods.base import NotApplicableError
 from tests.test_sweeps import records
@@ -303,7 +303,7 @@ def test_tiny_defence_sweep_is_deterministic_and_resumable(run_cli, tmp_path):
 
 
 def test_defence_report_of_a_folder_without_defended_trials_is_an_error(tmp_path, capsys):
-    from bench.report_defences import main
+    from bench.report.defences import main
 
     assert main([str(tmp_path / "missing")]) == 2
     (tmp_path / "records").mkdir()

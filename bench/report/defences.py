@@ -2,7 +2,7 @@
 privacy-utility trade-off (PSNR against the update's cosine to the undefended update, and against the accuracy of
 a short training run with the defence), one curve per method.
 
-``python -m bench.report_defences RESULTS_DIR`` writes ``defences.md``, ``defences.csv`` and
+``python -m bench.report.defences RESULTS_DIR`` writes ``defences.md``, ``defences.csv`` and
 ``figures/defence_*.{png,pdf}`` into the folder; ``write_defence_report(out_dir)`` does the same from code.
 It reads only the records, so it can run on any folder with defended trials (docs/defences.md).
 """
@@ -291,7 +291,7 @@ def write_defence_report(out_dir: Path | str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.report_defences", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.report.defences", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results folder with records/ (e.g. of sweep=defences)")
     args = parser.parse_args(argv)
     if not (args.results / "records").is_dir():
