@@ -1,4 +1,5 @@
-"""Gradient matching with an image variable: the core that iDLG, IG, GradInversion and AFGI compose.
+"""Gradient matching with an image variable: the core that iDLG, IG and AFGI compose (GradInversion and DLG call
+the shared loop directly: their variables are several candidates, or images and soft labels).
 
 A method describes its attack as a ``MatchingSpec`` (which gradient distance,
 which image prior, how to optimise, how to initialise) and calls ``invert``.
@@ -36,8 +37,8 @@ class MatchingSpec:
     batch_restarts: bool = False
     prior: ImagePrior | None = None
     # torch.compile the gradient distance and the prior (first-order; the model's double backward stays
-    # eager, aot_autograd cannot compile it). Compiled once per process and input shape (1-6 s, needs a
-    # C++ compiler), then 3-16% faster per iteration on CPU (docs/performance.md): for long runs only
+    # eager, aot_autograd cannot compile it). Compiled once per process and input shape (needs a C++
+    # compiler), it pays only over long runs (measured in docs/performance.md)
     compile_loss: bool = False
     # extra objective terms that need the forward pass (e.g. BN statistics); called after each forward
     forward_terms: tuple[Callable[[], Tensor], ...] = field(default_factory=tuple)
