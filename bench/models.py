@@ -393,8 +393,11 @@ def _train(
     lr: float,
     step_transform: StepTransform | None = None,
 ) -> None:
-    # A separate stream from the initialisation generator, so batch order and init are not correlated.
+    # A separate stream from the initialisation generator, so batch order and init are not correlated; it stays on
+    # the CPU, so the batches and flips are the same on every device (the arithmetic is the device's).
     generator = torch.Generator().manual_seed(_derived_seed(seed, "train"))
+    device = next(model.parameters()).device
+    images, labels, mean, std = (t.to(device) for t in (images, labels, mean, std))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     n = images.shape[0]
     batch = min(batch, n)
@@ -403,10 +406,10 @@ def _train(
     for _ in range(steps):
         if pos + batch > order.numel():
             order, pos = torch.randperm(n, generator=generator), 0
-        idx = order[pos : pos + batch]
+        idx = order[pos : pos + batch].to(device)
         pos += batch
         x = images[idx]
-        flip = torch.rand(batch, generator=generator) < 0.5
+        flip = (torch.rand(batch, generator=generator) < 0.5).to(device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         inputs = (x - mean) / std
         loss = F.cross_entropy(model(inputs), labels[idx])
@@ -434,6 +437,8 @@ def prepare_model(
     lr: float = 0.05,
     step_transform: StepTransform | None = None,
     step_transform_key: Any = None,
+    device: torch.device | str = "cpu",
+    data_identity: Mapping[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> nn.Module:
     """The model an attack is run against, in eval mode (the caller picks train/eval mode for its threat model).
@@ -441,6 +446,8 @@ def prepare_model(
     ``untrained``: ``build_model`` with ``seed``. ``trained``: the seeded model after ``train_steps`` steps of
     SGD (momentum 0.9, cross-entropy on ``(x - mean) / std``, random horizontal flips) on ``train_images``
     ((N, C, H, W) in [0, 1]) and ``train_labels`` ((N,)), cached in ``cache_dir`` under a key of every input.
+    Training runs on ``device``; the cache key names the training data by ``data_identity`` when given (e.g. the
+    dataset's spec), else by a hash of the pixels.
     ``step_transform`` changes every step's gradients; ``step_transform_key`` (JSON-able) must then name it in
     the cache key.
     """
@@ -489,7 +496,18 @@ def prepare_model(
             "lr": float(lr),
             "mean": mean_t.flatten().tolist(),
             "std": std_t.flatten().tolist(),
-            "data": {"n": images.shape[0], "images": _sha256(images), "labels": _sha256(labels)},
+            # the dataset's identity when the caller knows it (its spec): hashing the pixels of a large dataset
+            # costs minutes; otherwise the pixels themselves
+            "data": {
+                "n": images.shape[0],
+                **(
+                    {"identity": dict(data_identity)}
+                    if data_identity is not None
+                    else {"images": _sha256(images), "labels": _sha256(labels)}
+                ),
+            },
+            # training on another device gives other weights: CUDA-trained models have their own entries
+            **({"device": torch.device(device).type} if torch.device(device).type != "cpu" else {}),
         }
     )
     cache_dir = Path(cache_dir)
@@ -503,6 +521,7 @@ def prepare_model(
         file=sys.stderr,
         flush=True,
     )
+    model.to(device)
     _train(
         model,
         images,
@@ -520,7 +539,7 @@ def prepare_model(
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f)
+            torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -185,6 +185,11 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
         mean=dataset.mean,
         std=dataset.std,
         cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
+        device=device,
+        # the dataset's spec identifies the training images: no hashing of their pixels
+        data_identity={"dataset": dict(settings["dataset"]), "first": int(len(train_images))}
+        if state == "trained"
+        else None,
         **{k: v for k, v in model_spec.items() if k not in ("name", "state")},
     ).to(device)
     defence, _ = defence_from_config(defence_config(settings))
