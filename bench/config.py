@@ -114,6 +114,10 @@ SCHEMA: tuple[Key, ...] = (
         trial=True),
     Key("score_every", int, 25, "score the running reconstruction every k iterations (0: never)", minimum=0,
         run_only=True),
+    Key("checkpoint_every", int, 0, "checkpoint inside a trial every k attack iterations (0: off); a killed "
+        "trial continues from its checkpoint", minimum=0, run_only=True, example="500"),
+    Key("checkpoint_minutes", float, 10.0, "checkpoint inside a trial every this many minutes (0: off)", minimum=0,
+        run_only=True),
     Key("quiet", bool, False, "true turns progress bars off", run_only=True),
     Key("debug", bool, False, "true shows tracebacks for errors", run_only=True),
     Key("results_root", str, "results", "where results/<sweep>/<timestamp>/ folders go", run_only=True),
