@@ -7,7 +7,6 @@ often the trial has been resumed). The file is deleted once the trial's record i
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from collections.abc import Mapping
@@ -28,10 +27,8 @@ def checkpoint_path(out_dir: Path, key: str) -> Path:
 
 
 def write_checkpoint(path: Path, key: str, state: Mapping[str, Any]) -> None:
-    """Serialise ``state`` (tagged with the trial's key) and replace the file in one rename."""
-    buffer = io.BytesIO()
-    torch.save({"key": key, **state}, buffer)
-    rec.write_atomic(path, buffer.getvalue())
+    """Serialise ``state`` (tagged with the trial's key) straight into a temporary file, then rename it over."""
+    rec.write_atomic(path, lambda handle: torch.save({"key": key, **state}, handle))
 
 
 def read_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any] | None:

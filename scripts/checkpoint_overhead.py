@@ -26,7 +26,7 @@ from bench.trial import build_attack, derive_seed, draw_round, settings_for  # n
 from methods.checkpoint import Checkpointer, checkpointing  # noqa: E402
 
 
-def run(settings: dict, drawn, every: int, folder: Path) -> tuple[float, Checkpointer | None]:
+def run(settings: dict, drawn, every: int, folder: Path) -> tuple[float, int, Checkpointer | None]:
     attack = build_attack(settings)
     generator = torch.Generator().manual_seed(derive_seed(settings["seed"], "attack"))
     checkpointer = None
@@ -35,8 +35,8 @@ def run(settings: dict, drawn, every: int, folder: Path) -> tuple[float, Checkpo
         checkpointer = Checkpointer(functools.partial(write_checkpoint, path, "overhead"), every=every)
     started = time.perf_counter()
     with checkpointing(checkpointer):
-        attack.reconstruct(drawn.observation, generator=generator)
-    return time.perf_counter() - started, checkpointer
+        trace = attack.reconstruct(drawn.observation, generator=generator).trace
+    return time.perf_counter() - started, len(trace), checkpointer
 
 
 def main() -> None:
@@ -62,13 +62,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         plain, checkpointed, per_write, sizes = [], [], [], []
         for _ in range(args.rounds):
-            seconds, _ = run(settings, drawn, 0, Path(folder))
+            seconds, iterations, _ = run(settings, drawn, 0, Path(folder))
             plain.append(seconds)
-            seconds, checkpointer = run(settings, drawn, args.every, Path(folder))
+            seconds, iterations, checkpointer = run(settings, drawn, args.every, Path(folder))
             checkpointed.append(seconds)
             per_write.append(checkpointer.write_seconds / checkpointer.writes)
             sizes.append(checkpoint_path(Path(folder), "overhead").stat().st_size)
-    iterations = args.iterations * options.get("restarts", 1)
     print(f"{args.method} {args.model} B={args.batch_size} {options or ''}: {iterations} iterations, "
           f"a checkpoint every {args.every}")
     print(f"  per checkpoint: {1000 * statistics.median(per_write):.2f} ms (median of {args.rounds} runs' means), "
