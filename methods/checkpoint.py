@@ -244,7 +244,8 @@ class CallCheckpoint:
         self.owner.completed.append(
             {
                 "signature": self.signature,
-                "variables": [v.detach().clone() for v in variables],
+                # kept until the trial ends: in host memory, not the device's
+                "variables": [v.detach().to("cpu", copy=True) for v in variables],
                 "trace": _trace_rows(trace),
                 "generator": _generator_state(generator),
                 "state": [part.state_dict() for part in state],

@@ -114,6 +114,24 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_trial_starts_over(tmp_path, c
     assert "resumes" not in record and comparable(record) == comparable(reference)
 
 
+def test_a_checkpoint_that_does_not_fit_the_run_is_set_aside(tmp_path, capsys):
+    given = settings("idlg", {"iterations": 4, "lbfgs_max_iter": 4}, checkpoint_every=1, model="lenet")
+    clock, readings = counting_clock()
+    with trace_clock(clock):
+        reference = run_trial(given, tmp_path / "reference").record
+    out = tmp_path / "out"
+    with pytest.raises(Killed), trace_clock(counting_clock(int(0.75 * readings[0]))[0]):
+        run_trial(given, out)
+    (path,) = (out / "checkpoints").glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    state["running"]["signature"]["config"] = "another optimiser"  # as if the code had changed in between
+    torch.save(state, path)
+    record = run_trial(given, out).record
+    assert "does not fit this run" in capsys.readouterr().out
+    assert (path.parent / "unused" / path.name).exists()
+    assert "resumes" not in record and comparable(record) == comparable(reference)
+
+
 def test_the_minutes_trigger_and_the_iteration_trigger():
     written, now = [], [0.0]
     checkpointer = Checkpointer(written.append, every=0, minutes=1.0, now=lambda: now[0])
