@@ -11,9 +11,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 RECORD_VERSION = 1
 MAX_TRACE_POINTS = 500
@@ -38,13 +38,19 @@ def trial_key(trial_config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(trial_config).encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+def write_atomic(path: Path, text: str | Callable[[BinaryIO], None]) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file.
+
+    ``text`` is the file's text, or a function that writes the file's bytes to the handle it is given.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "w" if isinstance(text, str) else "wb") as handle:
+            if isinstance(text, str):
+                handle.write(text)
+            else:
+                text(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

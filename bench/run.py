@@ -279,7 +279,7 @@ def cli() -> None:
             arguments.append(f"hydra.sweep.dir={ACTIVE_OUTPUT[-1]}")
         resume = " ".join(["python -m bench.run", *arguments])
         print(
-            "\ninterrupted: finished records are kept and the unfinished trial was discarded; "
+            "\ninterrupted: finished records are kept and the unfinished trial continues from its checkpoint, if any; "
             f"resume with the same command and the same output folder (hydra.sweep.dir=...):\n  {resume}",
             file=sys.stderr,
         )

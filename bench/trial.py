@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from bench import checkpoints as ckpt
 from bench import config as schema
 from bench import records as rec
 from bench.client import client_round
@@ -36,7 +37,8 @@ from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.system import configure_device
-from methods.base import Attack, NotApplicableError, Observation, get_method_class, is_reference
+from methods.base import Attack, NotApplicableError, Observation, Reconstruction, get_method_class, is_reference
+from methods.checkpoint import Checkpointer, CheckpointMismatchError, checkpointing
 from methods.labels import infer_labels
 from methods.options import option_fields
 
@@ -341,6 +343,8 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
                 torch.cuda.empty_cache()  # the next trial of the sweep starts from an empty cache
         outcome = {"status": "failed", "reason": reason, "traceback": traceback.format_exc()}
     result.record = _finish(record | outcome, path, started)
+    if out_dir is not None:  # the record is written: nothing is left to continue
+        ckpt.checkpoint_path(out_dir, key).unlink(missing_ok=True)
     return result
 
 
@@ -383,17 +387,18 @@ def _attack_trial(
         order = match(images, truth)
         progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
 
+    checkpoint = None
+    if out_dir is not None and (settings.get("checkpoint_every") or settings.get("checkpoint_minutes")):
+        checkpoint = ckpt.checkpoint_path(out_dir, key)
     observation = drawn.observation
-    # a CPU generator on every device: a seed means the same starting images on the CPU and on a GPU
-    generator = torch.Generator().manual_seed(derive_seed(settings["seed"], "attack"))
-    score_every = settings["score_every"]
-    reconstruction = attack.reconstruct(
-        observation,
-        generator=generator,
-        callback=on_progress if score_every else None,
-        callback_every=score_every,
-        progress=not settings["quiet"],
-    )
+    try:
+        reconstruction, resumes = _reconstruct(settings, attack, observation, on_progress, progress, checkpoint, key)
+    except CheckpointMismatchError as error:
+        assert checkpoint is not None
+        moved = ckpt.set_aside(checkpoint)
+        print(f"warning: {checkpoint} does not fit this run ({error}); moved it to {moved}, starting the trial over")
+        progress.clear()
+        reconstruction, resumes = _reconstruct(settings, attack, observation, on_progress, progress, checkpoint, key)
     if not torch.isfinite(reconstruction.images).all():
         raise FloatingPointError("the reconstruction contains NaN or inf")
     scores = score(reconstruction.images, truth, reconstruction.labels, true_labels, LPIPS)
@@ -421,7 +426,51 @@ def _attack_trial(
         "predicted_labels": reconstruction.labels.tolist(),
         "trace": [[p.iteration, p.seconds, p.objective] for p in rec.thin(trace)],
         "progress": progress,
+        # how often the trial continued from a checkpoint; its attack_seconds then add up the runs' kept work
+        **({"resumes": resumes} if resumes else {}),
     }
+
+
+def _reconstruct(
+    settings: Mapping[str, Any],
+    attack: Attack,
+    observation: Observation,
+    on_progress: Any,
+    progress: list[list[float]],
+    checkpoint: Path | None,
+    key: str,
+) -> tuple[Reconstruction, int]:
+    """The attack, checkpointed to ``checkpoint`` (and continued from it) when given; also how often it resumed."""
+    # a CPU generator on every device: a seed means the same starting images on the CPU and on a GPU
+    generator = torch.Generator().manual_seed(derive_seed(settings["seed"], "attack"))
+    tracker = ckpt.TrialProgress(progress)
+    checkpointer = None
+    if checkpoint is not None:
+        try:
+            restored = ckpt.read_checkpoint(checkpoint, key, observation.device)
+        except ckpt.CorruptCheckpointError as error:
+            moved = ckpt.set_aside(checkpoint)
+            print(f"warning: {error}; moved it to {moved} and starting the trial over")
+            restored = None
+        checkpointer = Checkpointer(
+            functools.partial(ckpt.write_checkpoint, checkpoint, key),
+            every=settings.get("checkpoint_every") or 0,
+            minutes=settings.get("checkpoint_minutes") or 0.0,
+            restored=restored,
+            extra=tracker,
+        )
+        if restored is not None:
+            print(f"trial {key}: continuing from its checkpoint ({ckpt.describe(restored)})")
+    score_every = settings["score_every"]
+    with checkpointing(checkpointer):
+        reconstruction = attack.reconstruct(
+            observation,
+            generator=generator,
+            callback=on_progress if score_every else None,
+            callback_every=score_every,
+            progress=not settings["quiet"],
+        )
+    return reconstruction, tracker.resumes
 
 
 def _inside_repo(path: Path) -> Path:

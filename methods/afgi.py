@@ -21,8 +21,9 @@ Ablation switches: ``lrb`` (off: ``label_strategy`` from ``methods.labels``), ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -56,6 +57,21 @@ class StagedVME:
         self.refresh = refresh
         self.calls = 0
         self.active = self.first
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the evaluation count, the stage and the M and E targets read so far."""
+        targets = self.full.targets
+        return {
+            "calls": self.calls,
+            "full": self.active is self.full,
+            "channel_means": targets.channel_means,
+            "edges": targets.edges,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = state["calls"]
+        self.full.targets = VMETargets(state["channel_means"], state["edges"])
+        self.active = self.full if state["full"] else self.first
 
     def set_targets(self, images_model: Tensor) -> None:
         """Read the M and E targets off ``images_model`` and switch to the full VME."""

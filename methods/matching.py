@@ -18,6 +18,7 @@ from torch import Tensor
 
 from methods.base import Observation, TracePoint, draw
 from methods.batched import GroupGradients
+from methods.checkpoint import StackedHistory, Stateful
 from methods.losses import GradientLoss, build_gradient_loss
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
 
@@ -79,6 +80,11 @@ def _maybe_compiled(terms: Callable[..., Tensor], compiled: bool) -> Callable[..
             )
         _compiled[terms] = torch.compile(terms, dynamic=False)
     return _compiled[terms]
+
+
+def stateful_parts(spec: MatchingSpec) -> list[Stateful]:
+    """The prior and forward terms that keep state across iterations (saved with a trial's checkpoints)."""
+    return [part for part in (spec.prior, *spec.forward_terms) if isinstance(part, Stateful)]
 
 
 def initial_images(observation: Observation, init: str, generator: torch.Generator, count: int = 1) -> Tensor:
@@ -147,6 +153,7 @@ def invert(
             snapshot=snapshot,
             hooks=hooks,
             generator=generator,
+            state=stateful_parts(spec),
         )
         if trace_so_far:
             last = trace_so_far[-1]
@@ -181,7 +188,7 @@ def _invert_batched(
     low, high = observation.input_box()
     gradients = GroupGradients(observation.model)
     terms = _maybe_compiled(_per_restart_terms, spec.compile_loss)
-    history: list[Tensor] = []
+    history = StackedHistory()  # each iteration's per-restart objectives, (R,) each
 
     def objective() -> Tensor:
         stacked = images.view(restarts, batch, *shape)
@@ -204,6 +211,7 @@ def _invert_batched(
         snapshot=snapshot,
         hooks=hooks,
         generator=generator,
+        state=[history, *stateful_parts(spec)],
     )
     per_iteration = torch.stack(history).tolist()  # (iterations, R), one transfer at the end
     best = min(range(restarts), key=lambda r: per_iteration[-1][r])

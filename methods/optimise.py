@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from methods.base import ProgressCallback, TracePoint, device_generator
+from methods.checkpoint import Stateful, active_checkpointer
 
 
 class DivergenceError(RuntimeError):
@@ -125,14 +126,21 @@ def optimise(
     snapshot: Callable[[], Tensor] | None = None,
     hooks: ProgressHooks | None = None,
     generator: torch.Generator | None = None,
+    state: Sequence[Stateful] = (),
 ) -> list[TracePoint]:
     """Minimise ``objective()`` over ``variables`` in place; return the iteration trace.
 
     ``project`` runs after each step under no_grad (e.g. clamp images to their box);
-    ``snapshot`` returns the current images in [0,1] for the scoring callback.
-    The trace's seconds exclude time spent in the callback.
+    ``snapshot`` returns the current images in [0,1] for the scoring callback;
+    ``state`` lists the objective's parts that keep state across iterations (saved with checkpoints).
+    The trace's seconds exclude time spent in the callback and in writing checkpoints. Under a
+    ``methods.checkpoint.checkpointing`` block the call is checkpointed, and continues from its checkpoint.
     """
     hooks = hooks or ProgressHooks()
+    checkpointer = active_checkpointer()
+    call = checkpointer.begin(variables, config) if checkpointer is not None else None
+    if call is not None and call.finished is not None:  # finished before the checkpoint: its stored result
+        return [TracePoint(int(i), s, o) for i, s, o in call.restore_finished(variables, generator, state)]
     if config.optimiser == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(variables, lr=config.lr)
     else:
@@ -157,9 +165,15 @@ def optimise(
     pending_seconds: list[float] = []
     device = variables[0].device
     noise_generator = device_generator(generator, device) if config.noise and generator is not None else None
+    # the noise generator only when it is a generator of its own (on another device than ``generator``)
+    generators = (generator, noise_generator if noise_generator is not generator else None)
+    first, seconds_before = 0, 0.0
+    if call is not None and call.running is not None:  # interrupted: continue where the checkpoint left it
+        first, rows, seconds_before = call.restore_running(variables, optimiser, scheduler, generators, state)
+        trace.extend(TracePoint(int(i), s, o) for i, s, o in rows)
     clock = _trace_clock.get()
     excluded = 0.0
-    start = clock()
+    start = clock() - seconds_before  # a resumed call's seconds carry on from the time spent before it stopped
 
     def check() -> None:
         """Move the pending objectives into the trace (one transfer) and stop on NaN/inf.
@@ -177,9 +191,16 @@ def optimise(
         pending_values.clear()
         pending_seconds.clear()
 
-    bar = tqdm(total=config.iterations, desc=hooks.description, disable=not hooks.bar, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.iterations,
+        initial=first,
+        desc=hooks.description,
+        disable=not hooks.bar,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
-        for iteration in range(config.iterations):
+        for iteration in range(first, config.iterations):
             loss = optimiser.step(closure)
             scheduler.step()
             with torch.no_grad():
@@ -213,6 +234,14 @@ def optimise(
                 with torch.no_grad():
                     hooks.callback(done, trace[-1].seconds, snapshot())
                 excluded += clock() - paused
+            if call is not None and call.due() and done < config.iterations:
+                if pending_values:
+                    check()
+                paused = clock()
+                call.save(done, variables, optimiser, scheduler, generators, trace, paused - start - excluded, state)
+                excluded += clock() - paused
     finally:
         bar.close()
+    if call is not None:
+        call.finish(variables, trace, generator, state)
     return trace
