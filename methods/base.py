@@ -8,6 +8,7 @@ and, in the "labels known" threat model, the labels). Scoring lives in ``bench``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -189,15 +190,17 @@ def register_method(name: str | None = None) -> Callable[[AttackT], AttackT]:
         cls.name = key
         if not hasattr(cls, "reference"):
             cls.reference = False
-        if dataclasses.is_dataclass(cls) and not getattr(cls, "_checks_options", False):
-            own = getattr(cls, "__post_init__", None)
+        if dataclasses.is_dataclass(cls) and "_checks_options" not in vars(cls):
+            # wrap __init__ (the dataclass only calls a __post_init__ that existed when it was decorated)
+            init = cls.__init__
 
-            def __post_init__(self: Any) -> None:
-                check_options(type(self), {f: getattr(self, f) for f in option_fields(type(self))})
-                if own is not None:
-                    own(self)
+            @functools.wraps(init)
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                init(self, *args, **kwargs)
+                if type(self) is cls:  # once, by the class itself (a registered subclass checks its own)
+                    check_options(cls, {f: getattr(self, f) for f in option_fields(cls)})
 
-            cls.__post_init__ = __post_init__
+            cls.__init__ = __init__
             cls._checks_options = True
         METHODS.add(key, cls)
         return cls

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from bench.client import client_update
@@ -18,14 +16,13 @@ from bench.metrics import match, psnr
 from bench.models import build_model
 from bench.sampler import sample_batch
 from methods.afgi import AFGI
-from methods.base import Observation
+from methods.base import Observation, build_method
 from methods.labels import infer_labels
 from methods.losses import build_gradient_loss
 from methods.lrb import water_fill
 from methods.optimise import model_gradients
 from methods.vme import VME, VMETargets, channel_means, sobel_edges
 
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "method" / "afgi.yaml"
 # measured: 16.5 dB for this batch (17.8 and 17.8 for sampler seeds 1 and 2); the margin absorbs platform noise
 QUICK_PSNR_FLOOR = 15.0
 
@@ -125,9 +122,7 @@ def test_vme_terms_measure_what_they_say() -> None:
 
 
 def quick_afgi(**overrides) -> AFGI:
-    config = OmegaConf.load(CONFIG)
-    params = {**OmegaConf.to_container(config.params), **OmegaConf.to_container(config.profiles.quick), **overrides}
-    return AFGI(**params)
+    return build_method("afgi", "quick", overrides)
 
 
 def test_afgi_quick_recovers_labels_and_images_at_b4_with_duplicates() -> None:
