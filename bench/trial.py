@@ -35,6 +35,7 @@ from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.system import configure_device
 from methods.base import Attack, NotApplicableError, Observation, get_method_class, is_reference
+from methods.budget import metered
 from methods.labels import infer_labels
 from methods.options import option_fields
 
@@ -221,13 +222,18 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
         }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
     config["device"] = device.type
-    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    if config["batch_size"] == 1:  # one image has one class at every dup_ratio: B=1 at r=1 is B=1 at r=0
+        config["dup_ratio"] = 0.0
+    budget = schema.parse_budget(settings.get("budget"))
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"], budget)
     config["method"] = {"name": settings["method"]["name"], **options}
-    return config | skew
+    # a budget joins the key only when set, so that the keys of runs without one stay what they were
+    return config | skew | ({"budget": str(budget)} if budget is not None else {})
 
 
 def build_attack(settings: Mapping[str, Any]) -> Attack:
-    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    budget = schema.parse_budget(settings.get("budget"))
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"], budget)
     return get_method_class(settings["method"]["name"])(**options)
 
 
@@ -277,7 +283,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         if not in_sweep:
             raise
         return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
-    record["dup_ratio"] = drawn.dup_ratio
+    record["dup_ratio"] = 0.0 if attack is not None and settings["batch_size"] == 1 else drawn.dup_ratio
 
     result = TrialResult(record, truth=drawn.truth, true_labels=drawn.true_labels)
     try:
@@ -345,13 +351,14 @@ def _attack_trial(
     # a CPU generator on every device: a seed means the same starting images on the CPU and on a GPU
     generator = torch.Generator().manual_seed(derive_seed(settings["seed"], "attack"))
     score_every = settings["score_every"]
-    reconstruction = attack.reconstruct(
-        observation,
-        generator=generator,
-        callback=on_progress if score_every else None,
-        callback_every=score_every,
-        progress=not settings["quiet"],
-    )
+    with metered(schema.parse_budget(settings.get("budget"))) as meter:
+        reconstruction = attack.reconstruct(
+            observation,
+            generator=generator,
+            callback=on_progress if score_every else None,
+            callback_every=score_every,
+            progress=not settings["quiet"],
+        )
     if not torch.isfinite(reconstruction.images).all():
         raise FloatingPointError("the reconstruction contains NaN or inf")
     scores = score(reconstruction.images, truth, reconstruction.labels, true_labels, LPIPS)
@@ -369,6 +376,9 @@ def _attack_trial(
         "lpips": scores.lpips,
         "label_accuracy": scores.label_accuracy,
         "iterations": trace[-1].iteration if trace else 0,
+        # every model gradient the attack computed (methods.budget), the loop's and any outside it
+        "gradient_evaluations": meter.evaluations,
+        "budget": settings.get("budget"),
         "attack_seconds": trace[-1].seconds if trace else 0.0,
         "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
         "per_image_psnr": scores.per_image_psnr,
@@ -377,7 +387,7 @@ def _attack_trial(
         "per_image_oracle_flat_psnr": oracle_flat,
         "true_labels": true_labels.tolist(),
         "predicted_labels": reconstruction.labels.tolist(),
-        "trace": [[p.iteration, p.seconds, p.objective] for p in rec.thin(trace)],
+        "trace": [[p.iteration, p.seconds, p.objective, p.evaluations] for p in rec.thin(trace)],
         "progress": progress,
     }
 

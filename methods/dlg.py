@@ -26,7 +26,7 @@ class DLG:
     name: ClassVar[str] = "dlg"
     paper: ClassVar[str] = "Zhu, Liu, Han. Deep Leakage from Gradients. NeurIPS 2019"
 
-    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 12}, "paper": {"iterations": 300}}
 
     iterations: int = option(300, minimum=1, help="L-BFGS steps")
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")

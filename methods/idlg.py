@@ -30,7 +30,7 @@ class IDLG:
     name: ClassVar[str] = "idlg"
     paper: ClassVar[str] = "Zhao, Mopuri, Bilen. iDLG: Improved Deep Leakage from Gradients. arXiv 2001.02610, 2020"
 
-    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 12}, "paper": {"iterations": 300}}
 
     iterations: int = option(300, minimum=1, help="L-BFGS steps")
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from methods.base import ProgressCallback, TracePoint, device_generator
+from methods.budget import count_evaluations, current_or_new_meter
 
 
 class DivergenceError(RuntimeError):
@@ -59,6 +60,7 @@ def model_gradients(
     (DLG's soft labels).
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    count_evaluations(1)
     logits = model(images)
     if targets.dtype.is_floating_point:
         loss = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
@@ -131,6 +133,9 @@ def optimise(
     ``project`` runs after each step under no_grad (e.g. clamp images to their box);
     ``snapshot`` returns the current images in [0,1] for the scoring callback.
     The trace's seconds exclude time spent in the callback.
+
+    Under a budget (``methods.budget``) the loop also stops after the step past which the next would overspend
+    it (at least one step runs); an L-BFGS step is shortened to the evaluations left.
     """
     hooks = hooks or ProgressHooks()
     if config.optimiser == "adam":
@@ -139,7 +144,16 @@ def optimise(
         optimiser = torch.optim.LBFGS(variables, lr=config.lr, max_iter=config.lbfgs_max_iter)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: _lr_factor(config, it))
 
+    budget = ExitStack()
+    meter = budget.enter_context(current_or_new_meter())
+    evaluations_before, calls = meter.evaluations, [0]
+
+    def call_cost() -> int:
+        """Gradient evaluations per objective call (G for G batches side by side), as measured so far."""
+        return -(-(meter.evaluations - evaluations_before) // calls[0]) if calls[0] else 0
+
     def closure() -> Tensor:
+        calls[0] += 1
         optimiser.zero_grad(set_to_none=True)
         loss = objective()
         # only into the optimised variables: the model's parameters require grad too (the attacker's copy),
@@ -155,6 +169,7 @@ def optimise(
     # objectives and clock readings of the iterations since the last check, still on the device
     pending_values: list[Tensor] = []
     pending_seconds: list[float] = []
+    pending_evaluations: list[int] = []
     device = variables[0].device
     noise_generator = device_generator(generator, device) if config.noise and generator is not None else None
     clock = _trace_clock.get()
@@ -170,16 +185,20 @@ def optimise(
         synchronise(device)
         values = torch.stack(pending_values).tolist()
         pending_seconds[-1] = clock() - start - excluded
-        for value, seconds in zip(values, pending_seconds, strict=True):
+        for value, seconds, evaluations in zip(values, pending_seconds, pending_evaluations, strict=True):
             if not math.isfinite(value):
                 raise DivergenceError(f"objective became {value} at iteration {len(trace)}; lower the learning rate")
-            trace.append(TracePoint(len(trace) + 1, seconds, value))
+            trace.append(TracePoint(len(trace) + 1, seconds, value, evaluations))
         pending_values.clear()
         pending_seconds.clear()
+        pending_evaluations.clear()
 
     bar = tqdm(total=config.iterations, desc=hooks.description, disable=not hooks.bar, leave=False, dynamic_ncols=True)
     try:
         for iteration in range(config.iterations):
+            if config.optimiser == "lbfgs" and calls[0]:
+                left = int(min(meter.evaluations_left(), 2**31) // max(call_cost(), 1))
+                optimiser.param_groups[0]["max_iter"] = max(1, min(config.lbfgs_max_iter, left))
             loss = optimiser.step(closure)
             scheduler.step()
             with torch.no_grad():
@@ -193,16 +212,18 @@ def optimise(
                 if project is not None:
                     project()
             done = iteration + 1
+            final = done == config.iterations or meter.exhausted(call_cost())
             pending_values.append(loss.detach())
             pending_seconds.append(clock() - start - excluded)
-            show = not bar.disable and (done % 10 == 0 or done == config.iterations)
+            pending_evaluations.append(meter.evaluations - evaluations_before)
+            show = not bar.disable and (done % 10 == 0 or final)
             scoring = (
                 hooks.callback is not None
                 and snapshot is not None
                 and hooks.every
-                and (done % hooks.every == 0 or done == config.iterations)
+                and (done % hooks.every == 0 or final)
             )
-            if show or scoring or done % config.check_every == 0 or done == config.iterations:
+            if show or scoring or done % config.check_every == 0 or final:
                 check()
             if not bar.disable:
                 bar.update(1)
@@ -210,9 +231,12 @@ def optimise(
                     bar.set_postfix(objective=f"{trace[-1].objective:.4g}", refresh=False)
             if scoring:
                 paused = clock()
-                with torch.no_grad():
+                with torch.no_grad(), meter.paused():  # scoring is not the attack's time, nor its budget's
                     hooks.callback(done, trace[-1].seconds, snapshot())
                 excluded += clock() - paused
+            if final:
+                break
     finally:
         bar.close()
+        budget.close()
     return trace
