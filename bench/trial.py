@@ -35,7 +35,7 @@ from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.system import configure_device
 from methods.base import Attack, NotApplicableError, Observation, get_method_class, is_reference
-from methods.budget import metered
+from methods.budget import evaluations_so_far, metered
 from methods.labels import infer_labels
 from methods.options import option_fields
 
@@ -345,7 +345,7 @@ def _attack_trial(
 
     def on_progress(iteration: int, seconds: float, images: torch.Tensor) -> None:
         order = match(images, truth)
-        progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
+        progress.append([iteration, seconds, float(psnr(images[order], truth).mean()), evaluations_so_far()])
 
     observation = drawn.observation
     # a CPU generator on every device: a seed means the same starting images on the CPU and on a GPU

@@ -140,6 +140,12 @@ def count_evaluations(evaluations: int) -> None:
         meter.count(evaluations)
 
 
+def evaluations_so_far() -> int:
+    """The current meter's count (0 without one): for a progress callback, which is called inside the loop."""
+    meter = _current.get()
+    return meter.evaluations if meter is not None else 0
+
+
 @contextmanager
 def budget_share(parts: int) -> Iterator[None]:
     """``Meter.share`` on the current meter (nothing without one)."""

@@ -32,6 +32,10 @@ class DLG:
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")
     lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
 
+    def budget_iterations(self, evaluations: int) -> int:
+        """L-BFGS steps of up to ``lbfgs_max_iter`` evaluations each; the loop shortens the last to what is left."""
+        return -(-evaluations // self.lbfgs_max_iter)
+
     def reconstruct(
         self,
         observation: Observation,

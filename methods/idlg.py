@@ -38,6 +38,10 @@ class IDLG:
     label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
     batch_label_strategy: str = option("count", help="labels at B > 1 (iDLG's rule needs B = 1)")
 
+    def budget_iterations(self, evaluations: int) -> int:
+        """L-BFGS steps of up to ``lbfgs_max_iter`` evaluations each; the loop shortens the last to what is left."""
+        return -(-evaluations // self.lbfgs_max_iter)
+
     def reconstruct(
         self,
         observation: Observation,

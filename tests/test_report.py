@@ -25,6 +25,7 @@ FIGURES = (
     "attack_time",
     "convergence_seconds",
     "convergence_iterations",
+    "convergence_evaluations",
     "reconstructions",
 )
 
