@@ -196,7 +196,7 @@ def optimise(
     bar = tqdm(total=config.iterations, desc=hooks.description, disable=not hooks.bar, leave=False, dynamic_ncols=True)
     try:
         for iteration in range(config.iterations):
-            if config.optimiser == "lbfgs" and calls[0]:
+            if config.optimiser == "lbfgs":
                 left = int(min(meter.evaluations_left(), 2**31) // max(call_cost(), 1))
                 optimiser.param_groups[0]["max_iter"] = max(1, min(config.lbfgs_max_iter, left))
             loss = optimiser.step(closure)

@@ -80,6 +80,14 @@ def test_the_count_without_a_budget_matches_the_model_passes(method, hooked_forw
     assert "budget" not in record["config"]
 
 
+@pytest.mark.parametrize("method", ["dlg", "idlg"])
+def test_an_lbfgs_step_is_shortened_to_the_evaluations_left(method, hooked_forward):
+    hooked_forward["batch_size"] = 1
+    record = trial(method, budget="evaluations:7", quiet=True, score_every=0).record  # one step would take 20
+    assert record["gradient_evaluations"] == attack_evaluations(hooked_forward, record) == 7
+    assert record["iterations"] == 1
+
+
 @pytest.mark.parametrize("restarts_side_by_side", [True, False])
 def test_restarts_split_the_budget_equally(restarts_side_by_side, hooked_forward):
     hooked_forward["batch_size"] = 1
