@@ -19,6 +19,7 @@ from typing import Any
 from bench.defences import defence_from_config
 from bench.errors import UserError
 from methods.base import get_method_class
+from methods.budget import Budget, iterations_within
 from methods.labels import list_label_strategies
 from methods.options import OptionError, check_options, resolve_options
 from methods.registry import UnknownNameError
@@ -151,6 +152,15 @@ SCHEMA: tuple[Key, ...] = (
         nullable=True,
         example="100",
     ),
+    Key(
+        "budget",
+        str,
+        None,
+        "the same budget for every method, overriding the profiles: evaluations:N (gradient evaluations) or "
+        "seconds:T (the attack's own seconds); docs/budgets.md; part of the trial key when set",
+        nullable=True,
+        example="evaluations:500",
+    ),
     Key("labels_known", bool, False, "threat model: does the attacker receive the labels?", trial=True),
     Key(
         "client_mode",
@@ -275,13 +285,30 @@ def validate(config: Mapping[str, Any]) -> None:
     model = config.get("model") or {}
     if model.get("state", "untrained") not in MODEL_STATES:
         raise UserError(f"model.state={model.get('state')!r} is not valid; use model.state=untrained or trained")
+    budget = parse_budget(config.get("budget"))
     method = config.get("method")
     if config.get("task", "attack") == "attack" and method is not None:
-        method_options(method, config.get("profile", "quick"), config.get("iterations"))
+        method_options(method, config.get("profile", "quick"), config.get("iterations"), budget)
 
 
-def method_options(method: Mapping[str, Any], profile: str, iterations: int | None = None) -> dict[str, Any]:
-    """The resolved, checked keyword config of ``method`` (a ``{name, params}`` node) at ``profile``."""
+def parse_budget(text: str | None) -> Budget | None:
+    """The ``budget`` setting as a ``Budget`` (None when unset); a bad value is a ``UserError``."""
+    if text is None:
+        return None
+    try:
+        return Budget.parse(text)
+    except ValueError as error:
+        raise UserError(f"budget={text!r} is not valid; give evaluations:N or seconds:T ({error})") from None
+
+
+def method_options(
+    method: Mapping[str, Any], profile: str, iterations: int | None = None, budget: Budget | None = None
+) -> dict[str, Any]:
+    """The resolved, checked keyword config of ``method`` (a ``{name, params}`` node) at ``profile``.
+
+    An evaluation ``budget`` sets the iterations (over the profile's and ``iterations``) so that the method spends
+    at most that many gradient evaluations (``methods.budget.iterations_within``).
+    """
     name = method.get("name")
     try:
         cls = get_method_class(name)
@@ -294,6 +321,9 @@ def method_options(method: Mapping[str, Any], profile: str, iterations: int | No
     try:
         options = resolve_options(cls, profile, overrides)
         check_options(cls, options)
+        if budget is not None and budget.kind == "evaluations" and "iterations" in options:
+            options["iterations"] = iterations_within(cls(**options), int(budget.amount))
+            check_options(cls, options)
     except OptionError as error:
         top_level = error.option == "iterations" and iterations is not None
         key = "iterations" if top_level else f"method.params.{error.option}"

@@ -38,6 +38,7 @@ from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.system import configure_device
 from methods.base import Attack, NotApplicableError, Observation, Reconstruction, get_method_class, is_reference
+from methods.budget import evaluations_so_far, metered
 from methods.checkpoint import Checkpointer, CheckpointMismatchError, checkpointing
 from methods.labels import infer_labels
 from methods.options import option_fields
@@ -261,13 +262,18 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
         }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
     config["device"] = device.type
-    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    if config["batch_size"] == 1:  # one image has one class at every dup_ratio: B=1 at r=1 is B=1 at r=0
+        config["dup_ratio"] = 0.0
+    budget = schema.parse_budget(settings.get("budget"))
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"], budget)
     config["method"] = {"name": settings["method"]["name"], **options}
-    return config | skew | defence_key(settings)
+    # a budget joins the key only when set, so that the keys of runs without one stay what they were
+    return config | skew | defence_key(settings) | ({"budget": str(budget)} if budget is not None else {})
 
 
 def build_attack(settings: Mapping[str, Any]) -> Attack:
-    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"])
+    budget = schema.parse_budget(settings.get("budget"))
+    options = schema.method_options(settings["method"], settings["profile"], settings["iterations"], budget)
     return get_method_class(settings["method"]["name"])(**options)
 
 
@@ -320,7 +326,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
     except NotApplicableError as error:  # e.g. a defence that does not apply to this model
         return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
-    record["dup_ratio"] = drawn.dup_ratio
+    record["dup_ratio"] = 0.0 if attack is not None and settings["batch_size"] == 1 else drawn.dup_ratio
     record.update(drawn.defence)
 
     result = TrialResult(record, truth=drawn.truth, true_labels=drawn.true_labels)
@@ -385,20 +391,24 @@ def _attack_trial(
 
     def on_progress(iteration: int, seconds: float, images: torch.Tensor) -> None:
         order = match(images, truth)
-        progress.append([iteration, seconds, float(psnr(images[order], truth).mean())])
+        progress.append([iteration, seconds, float(psnr(images[order], truth).mean()), evaluations_so_far()])
 
     checkpoint = None
     if out_dir is not None and (settings.get("checkpoint_every") or settings.get("checkpoint_minutes")):
         checkpoint = ckpt.checkpoint_path(out_dir, key)
     observation = drawn.observation
     try:
-        reconstruction, resumes = _reconstruct(settings, attack, observation, on_progress, progress, checkpoint, key)
+        reconstruction, resumes, evaluations = _reconstruct(
+            settings, attack, observation, on_progress, progress, checkpoint, key
+        )
     except CheckpointMismatchError as error:
         assert checkpoint is not None
         moved = ckpt.set_aside(checkpoint)
         print(f"warning: {checkpoint} does not fit this run ({error}); moved it to {moved}, starting the trial over")
         progress.clear()
-        reconstruction, resumes = _reconstruct(settings, attack, observation, on_progress, progress, checkpoint, key)
+        reconstruction, resumes, evaluations = _reconstruct(
+            settings, attack, observation, on_progress, progress, checkpoint, key
+        )
     if not torch.isfinite(reconstruction.images).all():
         raise FloatingPointError("the reconstruction contains NaN or inf")
     scores = score(reconstruction.images, truth, reconstruction.labels, true_labels, LPIPS)
@@ -416,6 +426,9 @@ def _attack_trial(
         "lpips": scores.lpips,
         "label_accuracy": scores.label_accuracy,
         "iterations": trace[-1].iteration if trace else 0,
+        # every model gradient the attack computed (methods.budget), the loop's and any outside it
+        "gradient_evaluations": evaluations,
+        "budget": settings.get("budget"),
         "attack_seconds": trace[-1].seconds if trace else 0.0,
         "seconds_per_iteration": trace[-1].seconds / trace[-1].iteration if trace else math.nan,
         "per_image_psnr": scores.per_image_psnr,
@@ -424,7 +437,7 @@ def _attack_trial(
         "per_image_oracle_flat_psnr": oracle_flat,
         "true_labels": true_labels.tolist(),
         "predicted_labels": reconstruction.labels.tolist(),
-        "trace": [[p.iteration, p.seconds, p.objective] for p in rec.thin(trace)],
+        "trace": [[p.iteration, p.seconds, p.objective, p.evaluations] for p in rec.thin(trace)],
         "progress": progress,
         # how often the trial continued from a checkpoint; its attack_seconds then add up the runs' kept work
         **({"resumes": resumes} if resumes else {}),
@@ -439,8 +452,9 @@ def _reconstruct(
     progress: list[list[float]],
     checkpoint: Path | None,
     key: str,
-) -> tuple[Reconstruction, int]:
-    """The attack, checkpointed to ``checkpoint`` (and continued from it) when given; also how often it resumed."""
+) -> tuple[Reconstruction, int, int]:
+    """The attack, checkpointed to ``checkpoint`` (and continued from it) when given; how often it resumed, and
+    the gradient evaluations it made (``methods.budget``; under the ``budget`` setting, at most that many)."""
     # a CPU generator on every device: a seed means the same starting images on the CPU and on a GPU
     generator = torch.Generator().manual_seed(derive_seed(settings["seed"], "attack"))
     tracker = ckpt.TrialProgress(progress)
@@ -462,7 +476,7 @@ def _reconstruct(
         if restored is not None:
             print(f"trial {key}: continuing from its checkpoint ({ckpt.describe(restored)})")
     score_every = settings["score_every"]
-    with checkpointing(checkpointer):
+    with checkpointing(checkpointer), metered(schema.parse_budget(settings.get("budget"))) as meter:
         reconstruction = attack.reconstruct(
             observation,
             generator=generator,
@@ -470,7 +484,7 @@ def _reconstruct(
             callback_every=score_every,
             progress=not settings["quiet"],
         )
-    return reconstruction, tracker.resumes
+    return reconstruction, tracker.resumes, meter.evaluations
 
 
 def _inside_repo(path: Path) -> Path:

@@ -106,6 +106,8 @@ class TracePoint:
     iteration: int
     seconds: float
     objective: float
+    # gradient evaluations so far (methods.budget): G batches side by side count G, L-BFGS line searches count
+    evaluations: int = 0
 
 
 @dataclass

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from methods.budget import count_evaluations
+
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
@@ -102,6 +104,7 @@ class GroupGradients:
         return loss, prior
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        count_evaluations(images.shape[0])  # G batches: G gradient evaluations in one pass
         if self._terms is not None:
             self._terms.clear()
         gradients, prior = self._batched(self.params, images, labels)

@@ -62,7 +62,7 @@ def _signature(variables: Sequence[Tensor], config: Any) -> dict[str, Any]:
 
 
 def _trace_rows(trace: Sequence[Any]) -> list[list[float]]:
-    return [[p.iteration, p.seconds, p.objective] for p in trace]
+    return [[p.iteration, p.seconds, p.objective, getattr(p, "evaluations", 0)] for p in trace]
 
 
 def _generator_state(generator: torch.Generator | None) -> Tensor | None:

@@ -26,11 +26,15 @@ class DLG:
     name: ClassVar[str] = "dlg"
     paper: ClassVar[str] = "Zhu, Liu, Han. Deep Leakage from Gradients. NeurIPS 2019"
 
-    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 12}, "paper": {"iterations": 300}}
 
     iterations: int = option(300, minimum=1, help="L-BFGS steps")
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")
     lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
+
+    def budget_iterations(self, evaluations: int) -> int:
+        """L-BFGS steps of up to ``lbfgs_max_iter`` evaluations each; the loop shortens the last to what is left."""
+        return -(-evaluations // self.lbfgs_max_iter)
 
     def reconstruct(
         self,

@@ -30,13 +30,17 @@ class IDLG:
     name: ClassVar[str] = "idlg"
     paper: ClassVar[str] = "Zhao, Mopuri, Bilen. iDLG: Improved Deep Leakage from Gradients. arXiv 2001.02610, 2020"
 
-    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 10}, "paper": {"iterations": 300}}
+    profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 12}, "paper": {"iterations": 300}}
 
     iterations: int = option(300, minimum=1, help="L-BFGS steps")
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")
     lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
     label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
     batch_label_strategy: str = option("count", help="labels at B > 1 (iDLG's rule needs B = 1)")
+
+    def budget_iterations(self, evaluations: int) -> int:
+        """L-BFGS steps of up to ``lbfgs_max_iter`` evaluations each; the loop shortens the last to what is left."""
+        return -(-evaluations // self.lbfgs_max_iter)
 
     def reconstruct(
         self,

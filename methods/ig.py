@@ -39,7 +39,7 @@ class InvertingGradients:
     )
 
     profiles: ClassVar[dict[str, dict]] = {
-        "quick": {"iterations": 500, "restarts": 1},
+        "quick": {"iterations": 240, "restarts": 1},
         "paper": {"iterations": 24_000, "restarts": 8},
     }
 
@@ -54,6 +54,10 @@ class InvertingGradients:
     compile_loss: bool = option(False, help="torch.compile distance + TV once per process and shape: long runs")
     label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
     batch_label_strategy: str = option("ilrg", help="labels at B > 1 (the paper assumes known labels there)")
+
+    def budget_iterations(self, evaluations: int) -> int:
+        """Every restart gets an equal share: each iteration costs one evaluation per restart."""
+        return evaluations // self.restarts
 
     def reconstruct(
         self,

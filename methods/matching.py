@@ -18,6 +18,7 @@ from torch import Tensor
 
 from methods.base import Observation, TracePoint, draw
 from methods.batched import GroupGradients
+from methods.budget import budget_share
 from methods.checkpoint import StackedHistory, Stateful
 from methods.losses import GradientLoss, build_gradient_loss
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
@@ -127,7 +128,7 @@ def invert(
     terms = _maybe_compiled(_matching_terms, spec.compile_loss)
     best: MatchingResult | None = None
     trace_so_far: list[TracePoint] = []  # restarts continue one trace, so iterations and seconds keep counting up
-    for _ in range(spec.restarts):
+    for index in range(spec.restarts):
         images = (
             start.clone() if start is not None else initial_images(observation, spec.init, generator)
         ).requires_grad_(True)
@@ -145,19 +146,28 @@ def invert(
         def snapshot(images: Tensor = images) -> Tensor:
             return observation.denormalise(images.detach()).clamp(0, 1)
 
-        trace = optimise(
-            objective,
-            [images],
-            spec.optimiser,
-            project=project if spec.clamp else None,
-            snapshot=snapshot,
-            hooks=hooks,
-            generator=generator,
-            state=stateful_parts(spec),
-        )
+        with budget_share(spec.restarts - index):  # under a budget each restart gets an equal share of it
+            trace = optimise(
+                objective,
+                [images],
+                spec.optimiser,
+                project=project if spec.clamp else None,
+                snapshot=snapshot,
+                hooks=hooks,
+                generator=generator,
+                state=stateful_parts(spec),
+            )
         if trace_so_far:
             last = trace_so_far[-1]
-            trace = [TracePoint(last.iteration + p.iteration, last.seconds + p.seconds, p.objective) for p in trace]
+            trace = [
+                TracePoint(
+                    last.iteration + p.iteration,
+                    last.seconds + p.seconds,
+                    p.objective,
+                    last.evaluations + p.evaluations,
+                )
+                for p in trace
+            ]
         trace_so_far.extend(trace)
         if best is None or trace[-1].objective < best.objective:
             best = MatchingResult(images.detach(), trace_so_far, trace[-1].objective)
@@ -215,6 +225,9 @@ def _invert_batched(
     )
     per_iteration = torch.stack(history).tolist()  # (iterations, R), one transfer at the end
     best = min(range(restarts), key=lambda r: per_iteration[-1][r])
-    trace = [TracePoint(p.iteration, p.seconds, values[best]) for p, values in zip(trace, per_iteration, strict=True)]
+    trace = [
+        TracePoint(p.iteration, p.seconds, values[best], p.evaluations)
+        for p, values in zip(trace, per_iteration, strict=True)
+    ]
     chosen = images.detach().view(restarts, batch, *shape)[best].clone()
     return MatchingResult(chosen, trace, trace[-1].objective)

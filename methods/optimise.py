@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from methods.base import ProgressCallback, TracePoint, device_generator
+from methods.budget import count_evaluations, current_or_new_meter
 from methods.checkpoint import Stateful, active_checkpointer
 
 
@@ -60,6 +61,7 @@ def model_gradients(
     (DLG's soft labels).
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    count_evaluations(1)
     logits = model(images)
     if targets.dtype.is_floating_point:
         loss = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
@@ -135,19 +137,33 @@ def optimise(
     ``state`` lists the objective's parts that keep state across iterations (saved with checkpoints).
     The trace's seconds exclude time spent in the callback and in writing checkpoints. Under a
     ``methods.checkpoint.checkpointing`` block the call is checkpointed, and continues from its checkpoint.
+
+    Under a budget (``methods.budget``) the loop also stops after the step past which the next would overspend
+    it (at least one step runs); an L-BFGS step is shortened to the evaluations left.
     """
     hooks = hooks or ProgressHooks()
+    budget = ExitStack()
+    meter = budget.enter_context(current_or_new_meter())
+    counts = _CallCounts(meter)
+    state = (*state, counts)  # the evaluation count is checkpointed with the call
     checkpointer = active_checkpointer()
     call = checkpointer.begin(variables, config) if checkpointer is not None else None
     if call is not None and call.finished is not None:  # finished before the checkpoint: its stored result
-        return [TracePoint(int(i), s, o) for i, s, o in call.restore_finished(variables, generator, state)]
+        rows = call.restore_finished(variables, generator, state)
+        budget.close()
+        return [TracePoint(int(row[0]), row[1], row[2], int(row[3]) if len(row) > 3 else 0) for row in rows]
     if config.optimiser == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(variables, lr=config.lr)
     else:
         optimiser = torch.optim.LBFGS(variables, lr=config.lr, max_iter=config.lbfgs_max_iter)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: _lr_factor(config, it))
 
+    def call_cost() -> int:
+        """Gradient evaluations per objective call (G for G batches side by side), as measured so far."""
+        return -(-(meter.evaluations - counts.before) // counts.calls) if counts.calls else 0
+
     def closure() -> Tensor:
+        counts.calls += 1
         optimiser.zero_grad(set_to_none=True)
         loss = objective()
         # only into the optimised variables: the model's parameters require grad too (the attacker's copy),
@@ -163,6 +179,7 @@ def optimise(
     # objectives and clock readings of the iterations since the last check, still on the device
     pending_values: list[Tensor] = []
     pending_seconds: list[float] = []
+    pending_evaluations: list[int] = []
     device = variables[0].device
     noise_generator = device_generator(generator, device) if config.noise and generator is not None else None
     # the noise generator only when it is a generator of its own (on another device than ``generator``)
@@ -170,7 +187,7 @@ def optimise(
     first, seconds_before = 0, 0.0
     if call is not None and call.running is not None:  # interrupted: continue where the checkpoint left it
         first, rows, seconds_before = call.restore_running(variables, optimiser, scheduler, generators, state)
-        trace.extend(TracePoint(int(i), s, o) for i, s, o in rows)
+        trace.extend(TracePoint(int(row[0]), row[1], row[2], int(row[3]) if len(row) > 3 else 0) for row in rows)
     clock = _trace_clock.get()
     excluded = 0.0
     start = clock() - seconds_before  # a resumed call's seconds carry on from the time spent before it stopped
@@ -184,12 +201,13 @@ def optimise(
         synchronise(device)
         values = torch.stack(pending_values).tolist()
         pending_seconds[-1] = clock() - start - excluded
-        for value, seconds in zip(values, pending_seconds, strict=True):
+        for value, seconds, evaluations in zip(values, pending_seconds, pending_evaluations, strict=True):
             if not math.isfinite(value):
                 raise DivergenceError(f"objective became {value} at iteration {len(trace)}; lower the learning rate")
-            trace.append(TracePoint(len(trace) + 1, seconds, value))
+            trace.append(TracePoint(len(trace) + 1, seconds, value, evaluations))
         pending_values.clear()
         pending_seconds.clear()
+        pending_evaluations.clear()
 
     bar = tqdm(
         total=config.iterations,
@@ -201,6 +219,9 @@ def optimise(
     )
     try:
         for iteration in range(first, config.iterations):
+            if config.optimiser == "lbfgs":
+                left = int(min(meter.evaluations_left(), 2**31) // max(call_cost(), 1))
+                optimiser.param_groups[0]["max_iter"] = max(1, min(config.lbfgs_max_iter, left))
             loss = optimiser.step(closure)
             scheduler.step()
             with torch.no_grad():
@@ -214,16 +235,18 @@ def optimise(
                 if project is not None:
                     project()
             done = iteration + 1
+            final = done == config.iterations or meter.exhausted(call_cost())
             pending_values.append(loss.detach())
             pending_seconds.append(clock() - start - excluded)
-            show = not bar.disable and (done % 10 == 0 or done == config.iterations)
+            pending_evaluations.append(meter.evaluations - counts.before)
+            show = not bar.disable and (done % 10 == 0 or final)
             scoring = (
                 hooks.callback is not None
                 and snapshot is not None
                 and hooks.every
-                and (done % hooks.every == 0 or done == config.iterations)
+                and (done % hooks.every == 0 or final)
             )
-            if show or scoring or done % config.check_every == 0 or done == config.iterations:
+            if show or scoring or done % config.check_every == 0 or final:
                 check()
             if not bar.disable:
                 bar.update(1)
@@ -231,9 +254,11 @@ def optimise(
                     bar.set_postfix(objective=f"{trace[-1].objective:.4g}", refresh=False)
             if scoring:
                 paused = clock()
-                with torch.no_grad():
+                with torch.no_grad(), meter.paused():  # scoring is not the attack's time, nor its budget's
                     hooks.callback(done, trace[-1].seconds, snapshot())
                 excluded += clock() - paused
+            if final:
+                break
             if call is not None and call.due() and done < config.iterations:
                 if pending_values:
                     check()
@@ -242,6 +267,23 @@ def optimise(
                 excluded += clock() - paused
     finally:
         bar.close()
+        budget.close()
     if call is not None:
         call.finish(variables, trace, generator, state)
     return trace
+
+
+class _CallCounts:
+    """One loop call's evaluation bookkeeping, saved with its checkpoint so a resumed call counts on."""
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+        self.before = meter.evaluations  # the meter's count when this call started
+        self.calls = 0  # objective calls so far
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluations": self.meter.evaluations, "before": self.before, "calls": self.calls}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.meter.evaluations = int(state["evaluations"])
+        self.before, self.calls = int(state["before"]), int(state["calls"])

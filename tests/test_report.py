@@ -25,6 +25,7 @@ FIGURES = (
     "attack_time",
     "convergence_seconds",
     "convergence_iterations",
+    "convergence_evaluations",
     "reconstructions",
 )
 
@@ -272,7 +273,7 @@ def synthetic(results: Path, target: Path, seeds: int = 2) -> Path:
                         "ssim": rng.uniform(0, 1),
                         "lpips": rng.uniform(0, 1),
                         "attack_seconds": seconds,
-                        "progress": [[i, seconds * i / 10, rng.uniform(8, 30)] for i in range(1, 11)],
+                        "progress": [[i, seconds * i / 10, rng.uniform(8, 30), 20 * i] for i in range(1, 11)],
                     }
                     if size == 16 and ratio == 1.0:
                         record = record | {"status": "skipped", "reason": "not enough images of one class"}

@@ -22,6 +22,7 @@ AXES = (
     "model",
     "model_state",
     "profile",
+    "budget",
     "labels_known",
     "client_mode",
     "composition",
@@ -39,6 +40,7 @@ TRIAL_COLUMNS = (
     SUCCESS,
     ORACLE,
     "iterations",
+    "gradient_evaluations",  # methods.budget: the cost that compares methods (docs/budgets.md)
     "trial_seconds",
     "device",
     "git_commit",
@@ -71,6 +73,7 @@ AXIS_LABELS = {
     "model": ("model", "Model"),
     "model_state": ("model state", "State"),
     "profile": ("profile", "Profile"),
+    "budget": ("budget", "Budget"),
     "labels_known": ("labels known", "Labels known"),
     "client_mode": ("client mode", "Client mode"),
     "composition": ("composition", "Composition"),

@@ -31,7 +31,7 @@ from bench.report.plotting import (
 from bench.report.stats import curve_intervals, interval, units
 from bench.report.styles import SINGLE_COLUMN_IN, figure_style, method_styles
 from bench.report.tables import groups
-from bench.report.values import format_value, normalised, progress_points
+from bench.report.values import evaluation_points, format_value, normalised, progress_points
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: the tables must not pay for it
     from matplotlib.figure import Figure
@@ -41,6 +41,7 @@ FIGURE_STEMS = (
     "attack_time",
     "convergence_seconds",
     "convergence_iterations",
+    "convergence_evaluations",
     "reconstructions",
 )
 
@@ -172,26 +173,42 @@ def mean_curve(trial_points: Sequence[list[tuple[float, float, float]]]) -> pd.D
 
 
 def convergence_figures(
-    ok: pd.DataFrame, progress: Mapping[str, list[tuple[float, float, float]]], varying: Sequence[str]
+    ok: pd.DataFrame,
+    progress: Mapping[str, list[tuple[float, float, float]]],
+    varying: Sequence[str],
+    by_evaluations: Mapping[str, list[tuple[float, float, float]]] | None = None,
 ) -> list[tuple[str, Figure, dict[str, Any]]]:
+    """PSNR against attack time, iterations and (where every trial counted them) gradient evaluations.
+
+    ``by_evaluations`` holds each trial's progress as (evaluations, seconds, psnr) rows: the x-axis on which
+    methods with different costs per iteration (restarts, candidates, L-BFGS line searches) compare fairly.
+    """
     scored = ok[[bool(progress.get(k)) for k in ok.key]]
     if scored.empty:
         return []
     setting = representative(scored, [c for c in varying if c != "batch_size"])
     everything = select(ok, setting)  # the reference methods, unscored, give the floors
     panels = facets(select(scored, setting), ["batch_size"] if "batch_size" in varying else [])
-    curves = [
-        [
-            (method, mean_curve([progress[key] for key in panel[panel.method == method].key]))
-            for method in method_order(panel.method)
+    def curves_of(points: Mapping[str, list[tuple[float, float, float]]]) -> list[list[tuple[str, pd.DataFrame]]]:
+        return [
+            [
+                (method, mean_curve([points[key] for key in panel[panel.method == method].key]))
+                for method in method_order(panel.method)
+            ]
+            for panel in (select(scored, setting).loc[labels] for _, labels in panels)
         ]
-        for panel in (select(scored, setting).loc[labels] for _, labels in panels)
-    ]
+
+    curves = curves_of(progress)
+    axes_to_draw = [("seconds", "attack time (s)", "convergence_seconds", curves)]
+    axes_to_draw.append(("iteration", "iteration", "convergence_iterations", curves))
+    if by_evaluations is not None and all(by_evaluations.get(key) for key in scored.key):
+        # the curve's "iteration" column then holds the evaluation count
+        axes_to_draw.append(("iteration", "gradient evaluations", "convergence_evaluations", curves_of(by_evaluations)))
     from matplotlib.ticker import MaxNLocator
 
     styles = method_styles(scored.method)
     made = []
-    for x_name, x_label in (("seconds", "attack time (s)"), ("iteration", "iteration")):
+    for x_name, x_label, stem, curves in axes_to_draw:
         figure, axes = new_figure(len(panels))
         log = use_log((v for panel in curves for _, c in panel for v in c[x_name]), 50)
         for ax, (panel_setting, _), panel in zip(axes.flat, panels, curves, strict=False):
@@ -221,7 +238,7 @@ def convergence_figures(
         for ax in axes[-1, :]:
             ax.set_xlabel(x_label)
         legend(figure, axes)
-        made.append(("convergence_seconds" if x_name == "seconds" else "convergence_iterations", figure, setting))
+        made.append((stem, figure, setting))
     return made
 
 
@@ -290,6 +307,7 @@ def write_figures(
     ok = trials[(trials.status == "ok").to_numpy() & np.array([isinstance(m, str) for m in trials.method], dtype=bool)]
     varying = [c for c in AXES if len({normalised(v) for v in ok[c]}) > 1]
     progress = {key: progress_points(points) for key, points in zip(ok.key, ok.progress, strict=True)}
+    by_evaluations = {key: evaluation_points(points) for key, points in zip(ok.key, ok.progress, strict=True)}
     entries: list[FigureEntry] = []
     problems: list[str] = []
 
@@ -324,13 +342,15 @@ def write_figures(
                     ),
                 )
         draw("attack_time", lambda: time_figure(ok, varying), lambda s: f"Attack time per method, 95% CI{where(s)}.")
-        for stem, figure, setting in safe_convergence(ok, progress, varying, problems):
+        for stem, figure, setting in safe_convergence(ok, progress, varying, problems, by_evaluations):
             draw(
                 stem,
                 lambda figure=figure, setting=setting: (figure, setting),
                 lambda s, stem=stem: (
                     "PSNR of the running reconstruction against "
-                    + ("attack time" if stem.endswith("seconds") else "iterations")
+                    + {"seconds": "attack time", "iterations": "iterations", "evaluations": "gradient evaluations"}[
+                        stem.rsplit("_", 1)[1]
+                    ]
                     + f", mean over seeds (band: 95% CI){where(s)}."
                     + floors_note
                 ),
@@ -350,11 +370,15 @@ def write_figures(
 
 
 def safe_convergence(
-    ok: pd.DataFrame, progress: Mapping[str, Any], varying: Sequence[str], problems: list[str]
+    ok: pd.DataFrame,
+    progress: Mapping[str, Any],
+    varying: Sequence[str],
+    problems: list[str],
+    by_evaluations: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, Figure, dict[str, Any]]]:
     try:
         with figure_style():
-            return convergence_figures(ok, progress, varying)
+            return convergence_figures(ok, progress, varying, by_evaluations)
     except Exception as error:  # noqa: BLE001 - as in write_figures
         problems.append(f"convergence: {type(error).__name__}: {error}")
         print(f"warning: convergence figures not drawn ({type(error).__name__}: {error})", file=sys.stderr)

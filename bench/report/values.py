@@ -43,6 +43,17 @@ def progress_points(progress: Any) -> list[tuple[float, float, float]]:
     return points
 
 
+def evaluation_points(progress: Any) -> list[tuple[float, float, float]]:
+    """A record's ``progress`` as (gradient evaluations, seconds, psnr) rows; empty for records before the count."""
+    points = []
+    for point in progress if isinstance(progress, list) else []:
+        if isinstance(point, (list, tuple)) and len(point) >= 4:
+            _, seconds, value, evaluations = (as_number(p) for p in point[:4])
+            if math.isfinite(evaluations) and math.isfinite(seconds) and math.isfinite(value):
+                points.append((evaluations, seconds, value))
+    return points
+
+
 def normalised(value: Any) -> Any:
     """A grouping value that hashes consistently: every kind of missing becomes None."""
     if is_missing(value):
