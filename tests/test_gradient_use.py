@@ -50,8 +50,10 @@ AFGI 13.36, GradInversion 13.21 against 13.59. The 3 dB over the floors is the i
 Findings, not hidden: every method fails the floors on some seeds at these budgets (the slow test asserts the
 measured share: 4/5 DLG, 3/5 iDLG, IG and AFGI), and GradInversion fails everywhere we could afford: at its full
 quick profile its result is within 0.4 dB of the grey floor and no better on its true gradient than on a wrong
-one (relative gradient weight 0.01 against TV 0.1: the priors decide the image). It is a strict xfail, so a fix
-shows up as a failing test.
+one; on the trained convnet its docs recommend (crops, seed 0, quick) it scored 12.04 dB true, 9.91 wrong, under
+the 14.04 flat floor. (Our guess, not measured: the relative gradient weight 0.01 against TV 0.1 lets the priors
+decide the image.) The fast test runs it at 100 steps as a strict xfail and the slow one asserts it passes on no
+seed, so a fix shows up as a failing test.
 """
 
 from __future__ import annotations
@@ -242,4 +244,7 @@ def test_attacks_learn_from_their_gradient_on_the_measured_share_of_seeds(method
             assert_learns_from_gradient(measure(method, seed), SETTINGS[method].margin)
         except AssertionError as error:
             failures.append(str(error))
-    assert 5 - len(failures) >= SETTINGS[method].passing, failures
+    passed, setting = 5 - len(failures), SETTINGS[method]
+    assert passed >= setting.passing, failures
+    if not setting.works:
+        assert passed == 0, f"{method} now passes on {passed} seeds: mark it as working in SETTINGS"
