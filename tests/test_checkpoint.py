@@ -27,7 +27,7 @@ from methods.optimise import trace_clock
 from tests.conftest import REPO
 
 # what may differ between a resumed and an uninterrupted run: when and how long (and that it was resumed)
-TIMING = {"created", "trial_seconds", "attack_seconds", "seconds_per_iteration", "resumes"}
+TIMING = {"created", "trial_seconds", "trial_cpu_seconds", "attack_seconds", "seconds_per_iteration", "resumes"}
 ATTACKS = [name for name in list_methods() if not is_reference(get_method_class(name))]
 SMALL = {
     "ig": {"iterations": 12, "restarts": 2},  # B = 2: the restarts side by side (one call of the loop)
