@@ -298,7 +298,10 @@ def parse_budget(text: str | None) -> Budget | None:
     try:
         return Budget.parse(text)
     except ValueError as error:
-        raise UserError(f"budget={text!r} is not valid; give evaluations:N or seconds:T ({error})") from None
+        reason = str(error)
+        if reason.startswith("budget="):
+            raise UserError(reason) from None
+        raise UserError(f"budget={text!r} is not valid; give evaluations:N or seconds:T ({reason})") from None
 
 
 def method_options(
