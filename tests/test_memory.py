@@ -13,7 +13,7 @@ from bench.data import load_dataset
 from bench.models import build_model
 from methods import get_method
 from methods.losses import EuclideanLoss
-from methods.memory import fit, matching_probe
+from methods.memory import MemoryModel, fit, matching_probe
 
 REPO = Path(__file__).resolve().parents[1]
 # measured (convnet width 32 at 32 px, G = 3, B = 8): the prediction within 0.1% (vmapped) and 9% (plain) of
@@ -132,3 +132,31 @@ def test_a_tiny_budget_runs_the_restarts_one_after_another_with_the_same_result(
     assert len(batched.trace) == iterations and len(looped.trace) == restarts * iterations
     torch.testing.assert_close(looped.images, batched.images, rtol=0, atol=1e-9)
     assert looped.extras["objective"] == pytest.approx(batched.extras["objective"], rel=1e-10)
+
+
+def test_paper_memory_runs_only_when_named():
+    from bench.perf.cli import parse_args
+
+    assert "paper_memory" not in parse_args(["--quick"]).experiments
+    assert "paper_memory" not in parse_args([]).experiments
+    assert parse_args(["--quick", "--experiments", "paper_memory"]).experiments == ["paper_memory"]
+
+
+def test_the_paper_cells_take_the_batched_schedule_only_within_the_budget():
+    from bench.perf.paper_memory import paper_cells
+
+    gib = 2**30
+    fitted = {  # per-image costs of the order the issue measured at 224 px (GiB)
+        "vmapped + BN prior": MemoryModel(1 * gib, 0.5 * gib, 0.42 * gib),
+        "plain + BN prior": MemoryModel(1 * gib, 0, 0.16 * gib, groups_at_once=False),
+        "vmapped": MemoryModel(1 * gib, 0.5 * gib, 0.4 * gib),
+        "plain": MemoryModel(1 * gib, 0, 0.15 * gib, groups_at_once=False),
+    }
+    cells = {(c["method"], c["B"]): c for c in paper_cells(fitted, (3, 224, 224))}
+    assert cells["gradinversion", 48]["schedule"] == "plain + BN prior"  # 4 x 48 x 0.42 GiB > 64 GiB
+    assert cells["gradinversion", 48]["batched_gb"] > cells["gradinversion", 48]["budget_gb"]
+    assert cells["ig", 16]["schedule"] == "vmapped"  # 8 x 16 x 0.4 GiB + 5 GiB < 64 GiB
+    assert cells["ig", 48]["schedule"].startswith("plain")
+    assert all(c["fits"] for c in cells.values())
+    # L-BFGS keeps 2 x 100 image-sized history vectors, Adam two moments: same graph, more optimiser state
+    assert cells["dlg", 48]["predicted_gb"] > cells["afgi", 48]["predicted_gb"] + 4
