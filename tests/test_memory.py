@@ -160,3 +160,13 @@ def test_the_paper_cells_take_the_batched_schedule_only_within_the_budget():
     assert all(c["fits"] for c in cells.values())
     # L-BFGS keeps 2 x 100 image-sized history vectors, Adam two moments: same graph, more optimiser state
     assert cells["dlg", 48]["predicted_gb"] > cells["afgi", 48]["predicted_gb"] + 4
+
+
+def test_the_looped_candidates_run_without_any_image_wide_term(crops):
+    observation = _observation(crops, [0, 8], width=16)
+    config = {"iterations": 2, "group_size": 2, "tv_weight": 0, "l2_weight": 0, "group_weight": 0}
+    result = get_method("gradinversion", memory_budget_gb=1e-9, **config).reconstruct(
+        observation, generator=torch.Generator().manual_seed(0)
+    )
+    assert not result.extras["batched_candidates"]
+    assert len(result.trace) == 2 and result.images.shape == (2, *observation.image_shape)
