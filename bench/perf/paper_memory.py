@@ -23,12 +23,11 @@ from bench.perf.measure import PeakMemory
 from bench.perf.rounds import draw_round
 from methods.base import Observation, build_method, get_method_class
 from methods.losses import build_gradient_loss
-from methods.memory import GIB, MemoryModel, fit, matching_probe, optimiser_state_bytes
+from methods.memory import CUDA_SHARE, GIB, MemoryModel, fit, matching_probe, optimiser_state_bytes
 
 OPTIONAL_EXPERIMENTS = ("paper_memory",)  # run only when named: minutes on one core
 MODEL, BATCH = "resnet50", 48
 DEVICE_GIB = 80.0
-BUDGET_SHARE = 0.8  # the default budget's share of free device memory (methods.memory.CUDA_SHARE)
 LBFGS_HISTORY = 100  # torch.optim.LBFGS's default history_size, which methods.optimise keeps
 
 # schedule -> (gradient distance, vmapped, BN-statistics prior)
@@ -86,7 +85,7 @@ def _optimiser_bytes(method: str, images: int, image_shape: tuple[int, int, int]
 
 def paper_cells(fitted: dict[str, MemoryModel], image_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     """Each paper-profile cell at B = 48 (IG also at its largest batched B), the schedule the budget picks."""
-    budget = BUDGET_SHARE * DEVICE_GIB * GIB
+    budget = CUDA_SHARE * DEVICE_GIB * GIB  # the default budget, taking the whole device as free
     ig = get_method_class("ig").profiles["paper"]
     groups_gi = get_method_class("gradinversion").profiles["paper"]["group_size"]
     up_to = next(f.default for f in dataclasses.fields(get_method_class("ig")) if f.name == "batch_restarts_up_to")
