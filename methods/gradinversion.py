@@ -24,6 +24,11 @@ the candidate axis of ``grad`` of a ``functional_call`` (``methods.batched``), w
 yields each candidate's BatchNorm-statistics prior from the statistics its
 normalisation used. Ordinary autograd then differentiates the objective through
 that pass with respect to the images.
+
+When that batch is predicted not to fit ``memory_budget_gb`` (``methods.memory``), the candidates go one
+after another through the plain model, with the BatchNorm-statistics prior from forward hooks
+(``methods.priors.BatchNormStatistics``): each candidate's terms are backpropagated as soon as they are
+computed, so only one candidate's graph is alive at a time. Same objective, same gradient, same step.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from methods.batched import GroupGradients, batch_norm_layers
 from methods.labels import labels_for
 from methods.losses import EuclideanLoss
 from methods.matching import initial_images
-from methods.optimise import OptimiserConfig, ProgressHooks, optimise
+from methods.memory import batched_fits
+from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
 from methods.options import option
-from methods.priors import l2_norm, total_variation
+from methods.priors import BatchNormStatistics, l2_norm, total_variation
 
 NO_BATCHNORM_MESSAGE = (
     "gradinversion needs a model with BatchNorm layers for its BN-statistics prior; "
@@ -90,6 +96,9 @@ class GradInversion:
     output: Literal["consensus", "best"] = option(
         "consensus", help="the candidates' pixel-wise mean, or the candidate whose gradient matches best"
     )
+    memory_budget_gb: float = option(
+        0.0, minimum=0, help="vmap the candidates only if predicted to fit (GiB); 0: share of free memory"
+    )
     label_strategy: str = option("yin", help="assumes distinct labels; yin's rule is wrong when a label repeats")
 
     def budget_iterations(self, evaluations: int) -> int:
@@ -121,23 +130,48 @@ class GradInversion:
         target_energy = distance_to_target.target_energy.clamp(
             min=torch.finfo(distance_to_target.target_energy.dtype).tiny
         )
-        gradients = GroupGradients(observation.model, bn_prior=self.bn_weight > 0, first_bn_scale=self.first_bn_scale)
         images = initial_images(observation, "randn", generator, count=groups).requires_grad_(True)
         low, high = observation.input_box()
         last_distance = torch.zeros(groups, device=observation.device)
+        batched, memory = self._batched(observation, distance_to_target)
+        if batched:
+            group_gradients = GroupGradients(
+                observation.model, bn_prior=self.bn_weight > 0, first_bn_scale=self.first_bn_scale
+            )
+        else:
+            statistics = BatchNormStatistics(observation.model, self.first_bn_scale) if self.bn_weight > 0 else None
 
         def distances(candidates: Tensor) -> tuple[Tensor, Tensor]:
-            per_layer, prior = gradients(candidates, labels)
+            """Every candidate's relative gradient distance and BN-statistics loss, each (G,), in one vmapped pass."""
+            per_layer, prior = group_gradients(candidates, labels)
             return distance_to_target.per_group(per_layer) / target_energy, prior
+
+        def candidate_terms(candidate: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+            """One candidate's relative gradient distance and BN-statistics loss, through the plain model."""
+            per_layer = model_gradients(observation.model, candidate, labels, create_graph=create_graph)
+            prior = statistics.collect() if statistics is not None else candidate.new_zeros(())
+            return distance_to_target(per_layer) / target_energy, prior
+
+        def model_terms(candidates: Tensor) -> Tensor:
+            if batched:
+                distance, bn_loss = distances(candidates)
+                last_distance.copy_(distance.detach())
+                return self.gradient_scale * distance.sum() + self.bn_weight * bn_loss.sum()
+            # one candidate's graph at a time: backpropagate its terms now, return their value without a graph
+            values = []
+            for group in range(groups):
+                distance, bn_loss = candidate_terms(candidates[group])
+                last_distance[group] = distance.detach()
+                value = self.gradient_scale * distance + self.bn_weight * bn_loss
+                value.backward(inputs=[images])
+                values.append(value.detach())
+            # attached to the images (a zero gradient), so the loop's backward works without image-wide terms too
+            return torch.stack(values).sum() + 0 * images.sum()
 
         def objective() -> Tensor:
             candidates = images.view(groups, batch, *shape)
-            distance, bn_loss = distances(candidates)
-            last_distance.copy_(distance.detach())
             # per-candidate terms are summed over candidates, so each candidate sees the objective of a lone run
-            value = self.gradient_scale * distance.sum()
-            if self.bn_weight:
-                value = value + self.bn_weight * bn_loss.sum()
+            value = model_terms(candidates)
             if self.tv_weight:
                 value = value + self.tv_weight * groups * total_variation(images)
             if self.l2_weight:
@@ -163,18 +197,26 @@ class GradInversion:
             warmup=int(self.warmup_fraction * self.iterations),
             noise=self.noise,
         )
-        trace = optimise(
-            objective,
-            [images],
-            config,
-            project=project,
-            snapshot=lambda: output_images(int(last_distance.argmin())),
-            hooks=ProgressHooks(callback, callback_every, progress, self.name),
-            generator=generator,
-        )
-        # the last objective was evaluated before the last step (and noise); score the final candidates
-        with torch.no_grad():
-            final_distance, _ = distances(images.detach().view(groups, batch, *shape))
+        try:
+            trace = optimise(
+                objective,
+                [images],
+                config,
+                project=project,
+                snapshot=lambda: output_images(int(last_distance.argmin())),
+                hooks=ProgressHooks(callback, callback_every, progress, self.name),
+                generator=generator,
+            )
+            # the last objective was evaluated before the last step (and noise); score the final candidates
+            final = images.detach().view(groups, batch, *shape)
+            if batched:
+                with torch.no_grad():
+                    final_distance, _ = distances(final)
+            else:
+                final_distance = torch.stack([candidate_terms(c, create_graph=False)[0] for c in final])
+        finally:
+            if not batched and statistics is not None:
+                statistics.close()
         best = int(final_distance.argmin())
         return Reconstruction(
             images=output_images(best),
@@ -184,5 +226,22 @@ class GradInversion:
                 "candidates": observation.denormalise(images.detach()).clamp(0, 1).view(groups, batch, *shape),
                 "candidate_gradient_distance": final_distance.tolist(),
                 "best_candidate": best,
+                "batched_candidates": batched,
+                **memory,
             },
+        )
+
+    def _batched(self, observation: Observation, distance: EuclideanLoss) -> tuple[bool, dict[str, float]]:
+        """One vmapped pass over the candidates when there are several and it is predicted to fit the budget."""
+        if self.group_size < 2:
+            return False, {}
+        return batched_fits(
+            observation.model,
+            observation.image_shape,
+            observation.num_classes,
+            distance,
+            groups=self.group_size,
+            batch=observation.batch_size,
+            memory_budget_gb=self.memory_budget_gb,
+            bn_prior=self.bn_weight > 0,
         )

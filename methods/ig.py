@@ -6,7 +6,8 @@ the whole concatenated gradient) plus total variation, minimised with Adam on
 *signed* gradients, images projected onto the valid box after every step, a
 step decay of the learning rate (x0.1 at 3/8, 5/8 and 7/8 of the budget), and
 several restarts from random images of which the one with the lowest final
-objective is kept (side by side as one tensor at small batches). Paper defaults:
+objective is kept (side by side as one tensor at small batches, when that is predicted to fit
+``memory_budget_gb``: ``methods.memory``). Paper defaults:
 Adam lr 0.1, 24,000 iterations, init N(0,1).
 
 Labels come from the observation when the threat model grants them; otherwise
@@ -23,7 +24,9 @@ import torch
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
 from methods.labels import labels_for
+from methods.losses import build_gradient_loss
 from methods.matching import MatchingSpec, invert
+from methods.memory import batched_fits
 from methods.optimise import OptimiserConfig, ProgressHooks
 from methods.options import option
 from methods.priors import total_variation
@@ -51,6 +54,9 @@ class InvertingGradients:
     batch_restarts_up_to: int = option(
         16, minimum=0, help="restarts side by side as one tensor up to this client batch (R x memory); 0: never"
     )
+    memory_budget_gb: float = option(
+        0.0, minimum=0, help="batch the restarts only if predicted to fit (GiB); 0: share of free memory"
+    )
     compile_loss: bool = option(False, help="torch.compile distance + TV once per process and shape: long runs")
     label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
     batch_label_strategy: str = option("ilrg", help="labels at B > 1 (the paper assumes known labels there)")
@@ -70,6 +76,7 @@ class InvertingGradients:
     ) -> Reconstruction:
         labels = labels_for(observation, self.label_strategy, self.batch_label_strategy)
         tv_weight = self.tv_weight
+        batch_restarts, memory = self._batch_restarts(observation)
         spec = MatchingSpec(
             loss="cosine",
             optimiser=OptimiserConfig(
@@ -78,7 +85,7 @@ class InvertingGradients:
             init="randn",
             clamp=True,
             restarts=self.restarts,
-            batch_restarts=observation.batch_size <= self.batch_restarts_up_to,
+            batch_restarts=batch_restarts,
             compile_loss=self.compile_loss,
             prior=(lambda images: tv_weight * total_variation(images)) if tv_weight else None,
         )
@@ -93,5 +100,19 @@ class InvertingGradients:
             images=observation.denormalise(result.images_model).clamp(0, 1),
             labels=labels,
             trace=result.trace,
-            extras={"objective": result.objective},
+            extras={"objective": result.objective, "batched_restarts": batch_restarts, **memory},
+        )
+
+    def _batch_restarts(self, observation: Observation) -> tuple[bool, dict[str, float]]:
+        """Side by side when the batch is small enough to pay and the predicted peak fits the budget."""
+        if self.restarts < 2 or observation.batch_size > self.batch_restarts_up_to:
+            return False, {}
+        return batched_fits(
+            observation.model,
+            observation.image_shape,
+            observation.num_classes,
+            build_gradient_loss("cosine", observation.gradients),
+            groups=self.restarts,
+            batch=observation.batch_size,
+            memory_budget_gb=self.memory_budget_gb,
         )

@@ -18,6 +18,7 @@ from bench.perf.cells import run_cell
 from bench.perf.experiments import EXPERIMENTS, exp_loop_machinery, exp_malloc, experiment_plan
 from bench.perf.harness import run_harness, trial_share
 from bench.perf.isolate import call_isolated
+from bench.perf.paper_memory import OPTIONAL_EXPERIMENTS, exp_paper_memory, paper_memory_text
 from bench.perf.rounds import default_dataset, registered_methods
 from bench.perf.tables import cell_table, experiments_text, machine_info, share_table
 from bench.perf.targets import check_targets, missed, scoring_builds_no_graph
@@ -77,7 +78,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("cpu", "wall"),
         help="attack timing: process CPU time (default on CPU with one thread) or wall time (default otherwise)",
     )
-    parser.add_argument("--experiments", nargs="*", help=f"default: all of {' '.join(EXPERIMENTS)}; none: none")
+    parser.add_argument(
+        "--experiments",
+        nargs="*",
+        help=f"default: all of {' '.join(EXPERIMENTS)}; none: none; "
+        f"only when named: {' '.join(OPTIONAL_EXPERIMENTS)} (minutes)",
+    )
     parser.add_argument("--no-harness", action="store_true", help="skip the per-trial harness breakdown")
     parser.add_argument("--no-fork", action="store_true", help="run cells in this process (peak memory less exact)")
     parser.add_argument("--score-every", type=int, default=None, help="default: the runner's (bench/config.py)")
@@ -109,9 +115,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(b) for b in _names(args.batch_sizes, [str(b) for b in BATCH_SIZES])]
     experiments = EXPERIMENTS if args.experiments is None else _names(args.experiments, [])
     args.experiments = [] if experiments == ["none"] else experiments
-    unknown = set(args.experiments) - set(EXPERIMENTS)
+    unknown = set(args.experiments) - set(EXPERIMENTS) - set(OPTIONAL_EXPERIMENTS)
     if unknown:
-        parser.error(f"unknown experiment(s) {', '.join(sorted(unknown))}; choose from {', '.join(EXPERIMENTS)}")
+        choices = ", ".join((*EXPERIMENTS, *OPTIONAL_EXPERIMENTS))
+        parser.error(f"unknown experiment(s) {', '.join(sorted(unknown))}; choose from {choices}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but CUDA is not available")
     if args.clock is None:
@@ -235,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         entry = payload if status == "ok" else {"arguments": list(arguments), "status": "failed", "reason": payload}
         experiments.setdefault(name, []).append(entry)
         _log(f"[perf] experiment {name} {arguments}  [{time.perf_counter() - started:.0f} s]")
+    if "paper_memory" in args.experiments:  # in this process: it forks its own measuring children
+        experiments["paper_memory"] = [exp_paper_memory(args)]
+        _log(f"[perf] experiment paper_memory  [{time.perf_counter() - started:.0f} s]")
     report["experiments"] = experiments
     report["scoring_check"] = scoring_builds_no_graph()
     report["targets"] = check_targets(report, args)
@@ -250,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"\nHarness work per quick-profile trial, % of the trial (score_every={args.score_every})\n")
         print(share_table(shares))
     if experiments:
-        print("\nExperiments" + experiments_text(experiments))
+        print("\nExperiments" + experiments_text({k: v for k, v in experiments.items() if k != "paper_memory"}))
+    if "paper_memory" in experiments:
+        print(paper_memory_text(experiments["paper_memory"][0]))
     print("\nTargets")
     for name, target in report["targets"].items():
         print(f"  {name}: {'met' if target.get('met') else 'NOT met'}  {json.dumps(target, default=str)}")

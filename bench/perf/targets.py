@@ -107,6 +107,15 @@ def check_targets(report: dict[str, Any], args: argparse.Namespace) -> dict[str,
                 f"{e['model']}/B={e['batch_size']}": e["batched_over_sequential"] for e in restarts
             },
         }
+    paper = report["experiments"].get("paper_memory", [])
+    if paper:
+        cells = paper[0]["cells"]
+        targets["paper_profile_b48_predicted_within_budget"] = {
+            "met": all(c["fits"] for c in cells),
+            "budget_gb": cells[0]["budget_gb"],
+            "predicted_gb": {f"{c['method']}/B={c['B']}": c["predicted_gb"] for c in cells},
+            "schedule": {f"{c['method']}/B={c['B']}": c["schedule"] for c in cells},
+        }
     scoring = report.get("scoring_check") or {}
     if scoring.get("checked"):
         targets["metrics_inference_mode"] = scoring
