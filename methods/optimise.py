@@ -58,6 +58,8 @@ class OptimiserConfig:
     # Langevin-style exploration: Gaussian noise of std noise * lr added after each step (Yin et al. 2021)
     noise: float = 0.0
     lbfgs_max_iter: int = 20
+    # L-BFGS's step-size rule: None takes the fixed step lr (torch's default, DLG's code); "strong_wolfe" searches
+    lbfgs_line_search: Literal["strong_wolfe"] | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -107,7 +109,9 @@ def optimise(
     if config.optimiser == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(variables, lr=config.lr)
     else:
-        optimiser = torch.optim.LBFGS(variables, lr=config.lr, max_iter=config.lbfgs_max_iter)
+        optimiser = torch.optim.LBFGS(
+            variables, lr=config.lr, max_iter=config.lbfgs_max_iter, line_search_fn=config.lbfgs_line_search
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: _lr_factor(config, it))
 
     def closure() -> Tensor:
