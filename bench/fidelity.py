@@ -222,7 +222,8 @@ def dlg_claims(found: Finished, out_dir: Path) -> list[Claim]:
             f"succeeds at least as often as DLG, and on >= {IDLG_TARGET_RATE:.0%} of images",
             setting,
             f"iDLG {rates['idlg']:.0%} vs DLG {rates['dlg']:.0%}",
-            None if math.isnan(rates["idlg"]) else rates["idlg"] >= IDLG_TARGET_RATE and rates["idlg"] >= rates["dlg"],
+            None if math.isnan(rates["idlg"]) or math.isnan(rates["dlg"])
+            else rates["idlg"] >= IDLG_TARGET_RATE and rates["idlg"] >= rates["dlg"],
         )
     )
     return claims
