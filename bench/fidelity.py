@@ -9,8 +9,10 @@ Trials are assigned to cells by recomputing their record keys, so the records ne
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
 import math
+import multiprocessing
 import statistics
 import sys
 import time
@@ -126,17 +128,34 @@ def key_of(settings: Mapping[str, Any]) -> str:
     return rec.trial_key(trial_config(settings, pick_device(settings["device"], settings["profile"])))
 
 
-def run(out_dir: Path, planned: Sequence[Planned], echo: Callable[[str], None] = print) -> None:
+def run_one(out_dir: Path, trial: Planned) -> tuple[dict[str, Any], float]:
+    """One planned trial (read back when finished), with the CPU seconds this process spent on it."""
+    if trial.settings.get("threads"):
+        torch.set_num_threads(int(trial.settings["threads"]))
+    started = time.process_time()
+    record = run_trial(trial.settings, out_dir, in_sweep=True).record
+    return record, time.process_time() - started
+
+
+def run(out_dir: Path, planned: Sequence[Planned], echo: Callable[[str], None] = print, jobs: int = 1) -> None:
+    """Run the planned trials, ``jobs`` at a time (separate processes; the records make the order irrelevant)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if planned and planned[0].settings.get("threads"):
-        torch.set_num_threads(int(planned[0].settings["threads"]))
-    for number, trial in enumerate(planned, 1):
-        started = time.process_time()
-        record = run_trial(trial.settings, out_dir, in_sweep=True).record
+
+    def report(number: int, trial: Planned, record: Mapping[str, Any], cpu: float) -> None:
         label = f"{trial.cell}/{record['method']}{'/' + trial.variant if trial.variant else ''}"
         psnr = record.get("psnr", math.nan)
-        how = "resumed" if record.get("resumed") else f"{time.process_time() - started:.1f} s CPU"
+        how = "resumed" if record.get("resumed") else f"{cpu:.1f} s CPU"
         echo(f"[{number}/{len(planned)}] {label} seed={record['seed']} {record['status']} psnr={psnr:.2f} ({how})")
+
+    if jobs <= 1:
+        for number, trial in enumerate(planned, 1):
+            report(number, trial, *run_one(out_dir, trial))
+        return
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, out_dir, trial): (n, trial) for n, trial in enumerate(planned, 1)}
+        for future in concurrent.futures.as_completed(futures):
+            number, trial = futures[future]
+            report(number, trial, *future.result())
 
 
 def collect(out_dir: Path, planned: Sequence[Planned]) -> dict[str, Finished]:
@@ -213,8 +232,13 @@ def dlg_claims(found: Finished, out_dir: Path) -> list[Claim]:
     if idlg:
         accuracy = [float(r["label_accuracy"]) for r in idlg]
         claims.append(
-            Claim("idlg", "extracts the label from the gradient on every image (100%)", setting,
-                  f"label accuracy {rate_ci(accuracy)}", all(a == 1.0 for a in accuracy))
+            Claim(
+                "idlg",
+                "extracts the label from the gradient on every image (100%)",
+                setting,
+                f"label accuracy {rate_ci(accuracy)}",
+                all(a == 1.0 for a in accuracy),
+            )
         )
     claims.append(
         Claim(
@@ -222,7 +246,8 @@ def dlg_claims(found: Finished, out_dir: Path) -> list[Claim]:
             f"succeeds at least as often as DLG, and on >= {IDLG_TARGET_RATE:.0%} of images",
             setting,
             f"iDLG {rates['idlg']:.0%} vs DLG {rates['dlg']:.0%}",
-            None if math.isnan(rates["idlg"]) or math.isnan(rates["dlg"])
+            None
+            if math.isnan(rates["idlg"]) or math.isnan(rates["dlg"])
             else rates["idlg"] >= IDLG_TARGET_RATE and rates["idlg"] >= rates["dlg"],
         )
     )
@@ -266,9 +291,13 @@ def gradinversion_claims(found: Finished, out_dir: Path) -> list[Claim]:
         without = per_image(found.select(variant=variant))
         if without:
             claims.append(
-                Claim("gradinversion", f"{what} raises PSNR", setting,
-                      f"with {mean_ci(full_psnr)} vs without {mean_ci(without)} dB",
-                      float(np.mean(full_psnr)) > float(np.mean(without)))
+                Claim(
+                    "gradinversion",
+                    f"{what} raises PSNR",
+                    setting,
+                    f"with {mean_ci(full_psnr)} vs without {mean_ci(without)} dB",
+                    float(np.mean(full_psnr)) > float(np.mean(without)),
+                )
             )
     ratios = [v for r in full for v in contrast(out_dir, r)]
     flat = per_image(full, "per_image_oracle_flat_psnr")
@@ -301,10 +330,20 @@ def afgi_claims(found: Finished, out_dir: Path) -> list[Claim]:
         ratios.append(reached[0] / reference["attack_seconds"] if reached else math.inf)
     median = statistics.median(ratios) if ratios else math.nan
     return [
-        Claim("afgi", "LRB restores duplicated labels accurately", setting, f"label accuracy {mean_ci(accuracy)}",
-              float(np.mean(accuracy)) >= 0.99),
-        Claim("afgi", "85% less inversion time than IG (time to IG's final PSNR <= 15% of IG's)", setting,
-              f"median time ratio {median:.2f} over {len(ratios)} seeds", None if not ratios else median <= 0.15),
+        Claim(
+            "afgi",
+            "LRB restores duplicated labels accurately",
+            setting,
+            f"label accuracy {mean_ci(accuracy)}",
+            float(np.mean(accuracy)) >= 0.99,
+        ),
+        Claim(
+            "afgi",
+            "85% less inversion time than IG (time to IG's final PSNR <= 15% of IG's)",
+            setting,
+            f"median time ratio {median:.2f} over {len(ratios)} seeds",
+            None if not ratios else median <= 0.15,
+        ),
     ]
 
 
@@ -336,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/fidelity/run"), help="results folder (resumable)")
     p.add_argument("--cells", default="", help="comma-separated cells of conf/fidelity.yaml (default: all)")
     p.add_argument("--scale", choices=("full", "tiny"), default="full", help="tiny: a smoke run of every cell")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once, one process each (e.g. 2 on 2 cores)")
     p.add_argument("--report-only", action="store_true", help="only write fidelity.md from the records in --out")
     return p
 
@@ -345,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         planned = plan(load_cells(), [c for c in args.cells.split(",") if c], args.scale)
         if not args.report_only:
-            run(args.out, planned)
+            if args.jobs < 1:
+                raise UserError(f"--jobs={args.jobs} is not valid; give 1 or more")
+            run(args.out, planned, jobs=args.jobs)
         table = markdown(claims_of(args.out, planned))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
