@@ -45,7 +45,7 @@ def test_tiny_dlg_cell_runs_resumes_and_states_its_claims(tmp_path):
     assert "| dlg | reconstructs the image" in table
     planned = fidelity.plan(fidelity.load_cells(), ["dlg"], "tiny")
     lines: list[str] = []
-    fidelity.run(out, planned, echo=lines.append)  # a second run reads every trial back
+    fidelity.run(out, planned, echo=lines.append, jobs=2)  # a second run reads every trial back
     assert all("(resumed)" in line for line in lines) and len(lines) == 4
 
 
