@@ -13,7 +13,7 @@ extension of ours.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -35,6 +35,11 @@ class IDLG:
     iterations: int = option(300, minimum=1, help="L-BFGS steps")
     lr: float = option(1.0, above=0, help="L-BFGS learning rate")
     lbfgs_max_iter: int = option(20, minimum=1, help="function evaluations per L-BFGS step")
+    # not the paper's code (a fixed step): that step can throw the image far out, where LeNet's sigmoids saturate,
+    # the gradient vanishes and L-BFGS stops for good (docs/fidelity.md); none restores the paper's rule
+    line_search: Literal["none", "strong_wolfe"] = option(
+        "strong_wolfe", help="L-BFGS step size: none (a fixed step lr, as the paper's code) or a strong Wolfe search"
+    )
     label_strategy: str = option("idlg", help="labels at B = 1 when the threat model does not give them")
     batch_label_strategy: str = option("count", help="labels at B > 1 (iDLG's rule needs B = 1)")
 
@@ -55,7 +60,11 @@ class IDLG:
         spec = MatchingSpec(
             loss="euclidean",
             optimiser=OptimiserConfig(
-                optimiser="lbfgs", lr=self.lr, iterations=self.iterations, lbfgs_max_iter=self.lbfgs_max_iter
+                optimiser="lbfgs",
+                lr=self.lr,
+                iterations=self.iterations,
+                lbfgs_max_iter=self.lbfgs_max_iter,
+                lbfgs_line_search=None if self.line_search == "none" else self.line_search,
             ),
         )
         result = invert(

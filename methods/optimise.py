@@ -88,6 +88,8 @@ class OptimiserConfig:
     # read the objective values (one device sync) and check them for NaN/inf every this many iterations, at
     # every progress call and at the end; on a GPU a check every iteration would wait for the device each step
     check_every: int = 50
+    # L-BFGS's step-size rule: None takes the fixed step lr (torch's default, DLG's code); "strong_wolfe" searches
+    lbfgs_line_search: Literal["strong_wolfe"] | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -155,7 +157,9 @@ def optimise(
     if config.optimiser == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(variables, lr=config.lr)
     else:
-        optimiser = torch.optim.LBFGS(variables, lr=config.lr, max_iter=config.lbfgs_max_iter)
+        optimiser = torch.optim.LBFGS(
+            variables, lr=config.lr, max_iter=config.lbfgs_max_iter, line_search_fn=config.lbfgs_line_search
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: _lr_factor(config, it))
 
     def call_cost() -> int:
