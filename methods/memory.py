@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from methods.batched import GroupGradients
+from methods.budget import metered
 from methods.losses import GradientLoss
 from methods.optimise import model_gradients, synchronise
 from methods.priors import BatchNormStatistics
@@ -67,17 +68,22 @@ class LiveBytes(TorchDispatchMode):
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes allocated while ``step`` runs, above what was allocated before it."""
-    if device.type == "cuda":
-        synchronise(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronise(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with LiveBytes() as counter:
-        step()
-    return counter.peak
+    """Peak bytes allocated while ``step`` runs, above what was allocated before it.
+
+    The probe's gradient passes are the harness's measurement, not the attack's work: a meter of their own keeps
+    them out of the attack's gradient evaluations (and so out of its budget).
+    """
+    with metered():
+        if device.type == "cuda":
+            synchronise(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            step()
+            synchronise(device)
+            return torch.cuda.max_memory_allocated(device) - before
+        with LiveBytes() as counter:
+            step()
+        return counter.peak
 
 
 def available_bytes(device: torch.device) -> int:
