@@ -29,6 +29,15 @@ def physical(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+@pytest.fixture(scope="module", autouse=True)
+def memory_estimates_made():
+    """The memory probe (methods.memory) passes batches through the model once per process and architecture, to
+    decide whether candidates/restarts fit side by side; it is not the attack's work (its meter is its own), so
+    the forward-hook count below must not see it: make the estimates before any test hooks a model."""
+    trial("gradinversion", batch_size=2, iterations=1, quiet=True, score_every=0, grid_images=1)
+    trial("ig", batch_size=1, restarts=2, iterations=1, quiet=True, score_every=0, grid_images=1)
+
+
 @pytest.fixture
 def hooked_forward(monkeypatch):
     """Counts gradient evaluations by the model's forward passes: batches of B images through it, grad on."""
