@@ -225,7 +225,14 @@ def optimise(
         for iteration in range(first, config.iterations):
             if config.optimiser == "lbfgs":
                 left = int(min(meter.evaluations_left(), 2**31) // max(call_cost(), 1))
-                optimiser.param_groups[0]["max_iter"] = max(1, min(config.lbfgs_max_iter, left))
+                group = optimiser.param_groups[0]
+                group["max_iter"] = max(1, min(config.lbfgs_max_iter, left))
+                if config.lbfgs_line_search is not None:
+                    # a line search may evaluate up to 25 times past the step's limit: where that could overspend
+                    # what is left of a budget, the step takes the fixed step (one evaluation per inner iteration)
+                    group["line_search_fn"] = (
+                        None if left < config.lbfgs_max_iter * 5 // 4 + 25 else config.lbfgs_line_search
+                    )
             loss = optimiser.step(closure)
             scheduler.step()
             with torch.no_grad():
