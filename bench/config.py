@@ -277,7 +277,7 @@ def validate(config: Mapping[str, Any]) -> None:
     if config.get("task") == "labels":
         if config.get("label_strategy") not in list_label_strategies():
             raise UserError(
-                f"unknown label strategy {config.get('label_strategy')!r}; available: "
+                f"label_strategy={config.get('label_strategy')!r} is not valid: unknown label strategy; available: "
                 f"{', '.join(list_label_strategies())}"
             )
     if config.get("defence") is not None:

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import time
 import traceback
 from collections.abc import Mapping
@@ -294,7 +295,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
             return TrialResult(rec.read_record(path) | {"resumed": True})
         except rec.CorruptRecordError as error:
             moved = rec.set_aside(path)
-            print(f"warning: {error}; moved it to {moved} and re-running the trial")
+            print(f"warning: {error}; moved it to {moved} and re-running the trial", file=sys.stderr)
 
     configure_device(device, allow_tf32=settings["allow_tf32"])
     record: dict[str, Any] = {
@@ -404,7 +405,10 @@ def _attack_trial(
     except CheckpointMismatchError as error:
         assert checkpoint is not None
         moved = ckpt.set_aside(checkpoint)
-        print(f"warning: {checkpoint} does not fit this run ({error}); moved it to {moved}, starting the trial over")
+        print(
+            f"warning: {checkpoint} does not fit this run ({error}); moved it to {moved}, starting the trial over",
+            file=sys.stderr,
+        )
         progress.clear()
         reconstruction, resumes, evaluations = _reconstruct(
             settings, attack, observation, on_progress, progress, checkpoint, key
@@ -464,7 +468,7 @@ def _reconstruct(
             restored = ckpt.read_checkpoint(checkpoint, key, observation.device)
         except ckpt.CorruptCheckpointError as error:
             moved = ckpt.set_aside(checkpoint)
-            print(f"warning: {error}; moved it to {moved} and starting the trial over")
+            print(f"warning: {error}; moved it to {moved} and starting the trial over", file=sys.stderr)
             restored = None
         checkpointer = Checkpointer(
             functools.partial(ckpt.write_checkpoint, checkpoint, key),
