@@ -109,7 +109,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_trial_starts_over(tmp_path, c
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     record = run_trial(given, out).record
-    assert "starting the trial over" in capsys.readouterr().out
+    assert "starting the trial over" in capsys.readouterr().err
     assert (path.parent / "unused" / path.name).exists() and not path.exists()
     assert "resumes" not in record and comparable(record) == comparable(reference)
 
@@ -127,7 +127,7 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_set_aside(tmp_path, capsys):
     state["running"]["signature"]["config"] = "another optimiser"  # as if the code had changed in between
     torch.save(state, path)
     record = run_trial(given, out).record
-    assert "does not fit this run" in capsys.readouterr().out
+    assert "does not fit this run" in capsys.readouterr().err
     assert (path.parent / "unused" / path.name).exists()
     assert "resumes" not in record and comparable(record) == comparable(reference)
 

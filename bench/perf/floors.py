@@ -134,7 +134,13 @@ def floor_idlg(
     labels = observation.labels
     params = trainable_parameters(model)
     distance = squared_distance(observation.gradients, form)
-    optimiser = torch.optim.LBFGS([images], lr=attack.lr, max_iter=attack.lbfgs_max_iter)
+    line_search = getattr(attack, "line_search", "none")  # iDLG searches its step (docs/methods/idlg.md)
+    optimiser = torch.optim.LBFGS(
+        [images],
+        lr=attack.lr,
+        max_iter=attack.lbfgs_max_iter,
+        line_search_fn=None if line_search == "none" else line_search,
+    )
     evaluations = [0]
 
     def closure() -> Tensor:
