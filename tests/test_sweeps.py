@@ -73,16 +73,23 @@ def test_joblib_launcher_gives_the_same_records(run_cli, tmp_path, reference):
 
 def test_diverging_trials_are_recorded_as_failed_and_the_sweep_completes(run_cli, tmp_path):
     out = tmp_path / "diverge"
-    done = run_cli("sweep=smoke", "method.params.lr=1e30", "iterations=2", f"hydra.sweep.dir={out}")
+    # DLG's fixed L-BFGS step (iDLG's line search would tame even this learning rate: docs/fidelity.md)
+    done = run_cli(
+        "sweep=smoke",
+        "hydra.sweeper.params.method=dlg",
+        "method.params.lr=1e30",
+        "iterations=2",
+        f"hydra.sweep.dir={out}",
+    )
     assert done.returncode == 0, done.stderr
     got = list(records(out).values())
-    assert len(got) == 4 and all(r["status"] == "failed" for r in got)
+    assert len(got) == 2 and all(r["status"] == "failed" for r in got)
     assert all("objective became" in r["reason"] or "NaN" in r["reason"] for r in got)
     # the summary shows one line; the record keeps the whole traceback for whoever debugs it
     assert all(r["traceback"].startswith("Traceback (most recent call last)") for r in got)
     assert all("\n" not in r["reason"] for r in got)
     summary = pd.read_csv(out / "summary.csv")
-    assert summary.n_failed.sum() == 4 and summary.n_ok.sum() == 0
+    assert summary.n_failed.sum() == 2 and summary.n_ok.sum() == 0
 
 
 def test_infeasible_cells_are_skipped_with_a_reason(run_cli, tmp_path):
