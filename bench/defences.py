@@ -413,3 +413,17 @@ def privacy_of(defence: Defence) -> dict[str, float]:
     """The (epsilon, delta) a defence reports (DP-SGD), else nothing."""
     report = getattr(defence, "privacy", None)
     return report() if report is not None else {}
+
+
+def defence_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's ``defence`` node (``none`` when the settings have none)."""
+    return dict(settings.get("defence") or {"name": "none"})
+
+
+def defence_key(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The defence's part of the trial key: nothing for an undefended trial without training cost (keys unchanged)."""
+    part = trial_key_part(defence_from_config(defence_config(settings))[1])
+    training = dict(settings.get("defence_training") or {})
+    if training.get("steps"):
+        part["defence_training"] = training
+    return part

@@ -31,7 +31,7 @@ from bench import records as rec
 from bench.client import client_round
 from bench.data import ImageDataset, load_dataset
 from bench.defence_costs import defence_fields
-from bench.defences import defence_from_config, trial_key_part
+from bench.defences import defence_config, defence_from_config, defence_key
 from bench.errors import InfeasibleBatchError, UserError
 from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.models import prepare_model
@@ -231,19 +231,6 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
         cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
     )
     return Round(dataset, truth, true_labels, client.observation, dup_ratio, costs)
-
-
-def defence_config(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(settings.get("defence") or {"name": "none"})
-
-
-def defence_key(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The defence's part of the trial key: nothing for an undefended trial without training cost (keys unchanged)."""
-    part = trial_key_part(defence_from_config(defence_config(settings))[1])
-    training = dict(settings.get("defence_training") or {})
-    if training.get("steps"):
-        part["defence_training"] = training
-    return part
 
 
 def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from bench.client import client_round
 from bench.defences import (
     ClientBatch,
     build_defence,
+    defence_key,
     defence_params,
     global_norm,
     list_defences,
@@ -24,7 +25,6 @@ from bench.defences import (
 from bench.errors import UserError
 from bench.models import build_model
 from bench.report.defences import write_defence_report
-from bench.trial import defence_key
 from methods.base import NotApplicableError
 from tests.test_sweeps import records
 
