@@ -215,6 +215,14 @@ SCHEMA: tuple[Key, ...] = (
         run_only=True,
     ),
     Key("quiet", bool, False, "true turns progress bars off", run_only=True),
+    Key(
+        "figures",
+        bool,
+        True,
+        "false: the end-of-run report writes its tables and report.md but no figures (quicker); "
+        "`python -m bench.report DIR` draws them later",
+        run_only=True,
+    ),
     Key("debug", bool, False, "true shows tracebacks for errors", run_only=True),
     Key("results_root", str, "results", "where results/<sweep>/<timestamp>/ folders go", run_only=True),
     Key(

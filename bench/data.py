@@ -19,7 +19,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from bench.errors import UserError
@@ -164,12 +163,14 @@ def load_dataset(name: str, **kwargs: object) -> ImageDataset:
 
 def _read_rgb(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
-        return TF.pil_to_tensor(image.convert("RGB"))
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 def _fit_square(image: torch.Tensor, resolution: int) -> torch.Tensor:
     """Resize the shorter side to ``resolution`` (antialiased) and centre-crop to a square."""
     if image.shape[-2:] != (resolution, resolution):
+        import torchvision.transforms.v2.functional as TF  # here, not at the top: torchvision adds ~1.5 s to startup
+
         if min(image.shape[-2:]) != resolution:
             image = TF.resize(image, [resolution], antialias=True)
         image = TF.center_crop(image, [resolution, resolution])
@@ -343,6 +344,8 @@ def _torchvision_cifar(
             socket.setdefaulttimeout(previous)
     data = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     if resolution is not None and resolution != data.shape[-1]:
+        import torchvision.transforms.v2.functional as TF
+
         data = TF.resize(data, [resolution, resolution], antialias=True)
     return _in_memory(name, data, dataset.targets, num_classes, mean, std)
 

@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import piq
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -36,6 +35,8 @@ def match(reconstruction: Tensor, truth: Tensor) -> Tensor:
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Per-image PSNR in dB with data range 1 (piq); identical images give +inf."""
+    import piq  # here, not at the top: piq imports torchvision, ~1.5 s that a run failing on bad input never needs
+
     x, y = x.clamp(0, 1).double(), y.clamp(0, 1).double()
     values = piq.psnr(x, y, data_range=1.0, reduction="none")
     exact = (x - y).flatten(1).abs().amax(1) == 0
@@ -44,6 +45,8 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 
 def ssim(x: Tensor, y: Tensor) -> Tensor:
     """Per-image SSIM (piq, 11x11 Gaussian window, shrunk for images smaller than the window)."""
+    import piq
+
     kernel = min(11, x.shape[-1], x.shape[-2])
     kernel -= 1 - kernel % 2
     return piq.ssim(

@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from bench.errors import UserError
@@ -246,6 +245,8 @@ def _resnet18(*, num_classes: int, image_shape: ImageShape, generator: torch.Gen
     c = image_shape[0]
 
     def factory() -> nn.Module:
+        import torchvision  # here, not at the top: torchvision adds ~1.5 s to every start-up
+
         model = torchvision.models.resnet18(num_classes=num_classes)
         model.conv1 = nn.Conv2d(c, 64, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
@@ -256,10 +257,11 @@ def _resnet18(*, num_classes: int, image_shape: ImageShape, generator: torch.Gen
     return model
 
 
-_RESNET50_PRETRAINED = (
-    torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
-)
+def _resnet50_pretrained_urls() -> list[str]:
+    import torchvision
+
+    weights = torchvision.models.ResNet50_Weights
+    return [weights.IMAGENET1K_V1.url, weights.IMAGENET1K_V2.url]
 
 
 def _hub_checkpoint(url: str) -> Path:
@@ -279,6 +281,8 @@ def _resnet50(
         )
 
     def factory() -> nn.Module:
+        import torchvision
+
         model = torchvision.models.resnet50(num_classes=num_classes)
         if c != 3:
             model.conv1 = nn.Conv2d(c, 64, 7, stride=2, padding=3, bias=False)
@@ -287,7 +291,7 @@ def _resnet50(
     model = _on_meta(factory)
     _init_modules(model, generator, conv=_kaiming_normal_fan_out, linear=_pytorch_default)
     if pretrained:
-        paths = [_hub_checkpoint(weights.url) for weights in _RESNET50_PRETRAINED]
+        paths = [_hub_checkpoint(url) for url in _resnet50_pretrained_urls()]
         cached = next((p for p in paths if p.is_file()), None)
         if cached is None:
             warnings.warn(

@@ -9,6 +9,7 @@ so a registered attack is a ``method=`` choice and part of every default sweep.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,19 @@ def describe(record: dict[str, Any]) -> str:
     )
 
 
-def sweep_size() -> int | None:
-    """How many trials the configured sweep has (None when it cannot be told)."""
-    params = HydraConfig.get().sweeper.get("params") or {}
-    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+# How many trials the running sweep has: set by ReportCallback when the sweep starts (its config still holds the
+# command line; a job's holds only that job's values), read by each job, inherited by launcher workers.
+SWEEP_SIZE_VARIABLE = "GIA_BENCH_SWEEP_SIZE"
+
+
+def sweep_size(config: DictConfig) -> int:
+    """How many trials a sweep has: the sweep file's axes, with command-line values replacing them."""
+    params = config.hydra.sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    axes = {o.key_or_group: o for o in parser.parse_overrides([f"{key}={value}" for key, value in params.items()])}
+    axes |= {o.key_or_group: o for o in parser.parse_overrides(list(config.hydra.overrides.task))}
     total = 1
-    for override in overrides:
+    for override in axes.values():
         total *= len(list(override.sweep_iterator())) if override.is_sweep_override() else 1
     return total
 
@@ -102,7 +110,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         record = run_trial(settings_of(cfg), out_dir, in_sweep=multirun).record
         position = ""
         if multirun:
-            total = sweep_size()
+            total = int(os.environ.get(SWEEP_SIZE_VARIABLE, 0))
             done = hc.job.num + 1
             position = f"[{done}/{total}, {total - done} left] " if total else f"[{done}] "
         tqdm.write(position + describe(record))
@@ -150,21 +158,22 @@ class ReportCallback(Callback):
         except UserError as error:
             _refuse(error, config.debug)
         discard_partial_writes(out_dir)  # a SIGKILL during a record's write leaves its temporary file
+        os.environ[SWEEP_SIZE_VARIABLE] = str(sweep_size(config))
         ACTIVE_OUTPUT.append(out_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(Path(config.hydra.run.dir), config.success_psnr)
+        self._report(Path(config.hydra.run.dir), config.success_psnr, config.figures)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(Path(config.hydra.sweep.dir), config.success_psnr)
+        self._report(Path(config.hydra.sweep.dir), config.success_psnr, config.figures)
 
     @staticmethod
-    def _report(out_dir: Path, success_psnr: float) -> None:
+    def _report(out_dir: Path, success_psnr: float, figures: bool) -> None:
         from bench.report import write_report
 
         if not (out_dir / "records").is_dir():
             return
-        summary = write_report(out_dir, success_psnr=success_psnr)
+        summary = write_report(out_dir, success_psnr=success_psnr, figures=figures)
         print(summary)
         print(f"results: {out_dir.resolve()}")
 

@@ -33,6 +33,7 @@ from bench.data import ImageDataset, load_dataset
 from bench.defence_costs import defence_fields
 from bench.defences import defence_config, defence_from_config, defence_key
 from bench.errors import InfeasibleBatchError, UserError
+from bench.images import save_grid
 from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
@@ -492,12 +493,10 @@ def _finish(record: dict[str, Any], path: Path | None, started: float) -> dict[s
 
 def save_images(out_dir: Path, key: str, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
     """A PNG grid for people (truth above, reconstruction below) and unpadded strips for the report's figures."""
-    from torchvision.utils import save_image
-
     k = min(columns, truth.shape[0])
     for folder in ("grids", "strips"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     pair = torch.cat([truth[:k], reconstruction[:k]]).cpu()
-    save_image(pair, out_dir / "grids" / f"{key}.png", nrow=k, padding=1, pad_value=1.0)
-    save_image(truth[:k].cpu(), out_dir / "strips" / f"{key}-truth.png", nrow=k, padding=0)
-    save_image(reconstruction[:k].cpu(), out_dir / "strips" / f"{key}-reconstruction.png", nrow=k, padding=0)
+    save_grid(pair, out_dir / "grids" / f"{key}.png", columns=k, padding=1, pad_value=1.0)
+    save_grid(truth[:k], out_dir / "strips" / f"{key}-truth.png", columns=k, padding=0)
+    save_grid(reconstruction[:k], out_dir / "strips" / f"{key}-reconstruction.png", columns=k, padding=0)

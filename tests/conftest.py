@@ -19,10 +19,25 @@ def run_cli(tmp_path):
 
     def run(*overrides: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-        args = [sys.executable, "-m", "bench.run", f"results_root={tmp_path}/results", "quiet=true", *CPU, *overrides]
+        args = [
+            sys.executable,
+            "-m",
+            "bench.run",
+            f"results_root={tmp_path}/results",
+            "quiet=true",
+            *CPU,
+            *without_figures(overrides),
+            *overrides,
+        ]
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def without_figures(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """``figures=false`` unless the test sets ``figures`` itself: drawing them is most of a small run's report time,
+    and only the tests that look at figures need them (tests/test_report.py draws them all)."""
+    return [] if any(o.startswith("figures=") for o in overrides) else ["figures=false"]
 
 
 # The CLI tests compare records exactly: they pin the device (device=auto would pick a GPU where there is one).
@@ -32,7 +47,16 @@ SMOKE = ("sweep=smoke", "threads=1", "quiet=true", *CPU)
 
 def smoke_command(out: Path, *extra: str) -> list[str]:
     """The smoke sweep (dlg, idlg; B in {1, 2}; one seed) into ``out``."""
-    return [sys.executable, "-m", "bench.run", *SMOKE, f"hydra.sweep.dir={out}", f"results_root={out.parent}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bench.run",
+        *SMOKE,
+        *without_figures(extra),
+        f"hydra.sweep.dir={out}",
+        f"results_root={out.parent}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

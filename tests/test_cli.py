@@ -17,6 +17,7 @@ def test_one_trial(run_cli, tmp_path):
     out = tmp_path / "one"
     done = run_cli(
         "sweep=none",
+        "figures=true",  # the console check below is about the figures' PDF font subsetting
         "method=idlg",
         "batch_size=1",
         "dup_ratio=0",
@@ -75,12 +76,20 @@ def test_smoke_sweep_and_resume(smoke_results, tmp_path):
     assert len(got) == 4 and {r["status"] for r in got} == {"ok"}
     summary = pd.read_csv(smoke_results / "summary.csv")
     assert set(summary.method) == {"dlg", "idlg"} and (summary.n_ok == 1).all()
+    # run with figures=false (tests/conftest.py): the tables and report.md, no figures, and how to draw them
+    assert not (smoke_results / "figures").exists()
+    assert f"python -m bench.report {smoke_results}" in (smoke_results / "report.md").read_text()
     out = tmp_path / "sweep"
     shutil.copytree(smoke_results, out)
     again = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already done") == 4
+    assert "[4/4, 0 left]" in again.stdout
     assert records(out) == got
+    # a sweep value given on the command line replaces the sweep file's in the progress count (4 -> 2 trials)
+    narrowed = subprocess.run(smoke_command(out, "batch_size=1"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "[2/2, 0 left]" in narrowed.stdout and "/4" not in narrowed.stdout
 
 
 def test_unknown_method_is_one_line_and_exit_2(run_cli):

@@ -86,6 +86,7 @@ def test_the_lpips_column_fills_in_records_summaries_and_figures(torch_home, run
     done = run_cli(
         "sweep=smoke",
         "threads=1",
+        "figures=true",
         "hydra.sweeper.params.method='noise,mean'",
         f"hydra.sweep.dir={out}",
     )

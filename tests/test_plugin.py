@@ -56,7 +56,12 @@ def test_a_method_in_one_temporary_file_runs_through_a_sweep_the_report_and_perf
     plugin.write_text(example_source())
     out = tmp_path / "results" / "sweep"
     done = run_cli(
-        f"plugins=[{plugin}]", "sweep=smoke", "method=cosine_tv,idlg", "iterations=3", f"hydra.sweep.dir={out}"
+        f"plugins=[{plugin}]",
+        "sweep=smoke",
+        "method=cosine_tv,idlg",
+        "iterations=3",
+        "figures=true",
+        f"hydra.sweep.dir={out}",
     )
     assert done.returncode == 0, done.stderr
     summary = pd.read_csv(out / "summary.csv")

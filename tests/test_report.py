@@ -31,9 +31,13 @@ FIGURES = (
 
 
 @pytest.fixture(scope="module")
-def results(smoke_results) -> Path:
-    """A real results folder: the smoke sweep (dlg, idlg; B in {1, 2}; one seed), whose runner writes the report."""
-    return smoke_results
+def results(smoke_results, tmp_path_factory) -> Path:
+    """A real results folder: a copy of the smoke sweep (dlg, idlg; B in {1, 2}; one seed), with its whole report
+    written here (the tests' runs skip the figures: tests/conftest.py)."""
+    out = tmp_path_factory.mktemp("report") / "sweep"
+    shutil.copytree(smoke_results, out)
+    report.write_report(out)
+    return out
 
 
 def records(folder: Path) -> dict[Path, dict]:

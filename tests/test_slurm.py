@@ -22,6 +22,9 @@ import pytest
 from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import records
 
+# One pytest-xdist worker runs them all: the local cluster has two CPUs, and two workers' jobs would queue.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 PARTITION = os.environ.get("GIA_BENCH_SLURM_PARTITION", "debug")
 LAUNCHER = (
     "hydra/launcher=slurm",

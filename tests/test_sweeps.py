@@ -38,6 +38,7 @@ def test_reference_sweep_is_complete(reference):
     assert len(reference) == 4 and all(r["status"] == "ok" for r in reference.values())
 
 
+@pytest.mark.slow  # tests/test_resume.py kills inside and between trials in the default suite
 def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference):
     out = tmp_path / "killed"
     args = [

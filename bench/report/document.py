@@ -155,7 +155,7 @@ def report_markdown(
             f"![{entry.caption}](figures/{entry.stem}.png)\n\n"
             f"{entry.caption} [PNG](figures/{entry.stem}.png) · [PDF](figures/{entry.stem}.pdf)\n"
         )
-    if not figures:
+    if not figures and not any(p.startswith("figures=false") for p in problems):
         parts.append("No figures: no trial finished.\n")
     if problems:
         parts.append("Not drawn:\n\n" + "".join(f"- {md_escape(p)}\n" for p in problems))
@@ -168,10 +168,11 @@ def write_text(path: Path, text: str) -> None:
     path.chmod(0o644)  # the temporary file behind the atomic write is private (0600); reports are for sharing
 
 
-def write_report(out_dir: Path | str, success_psnr: float | None = None) -> str:
+def write_report(out_dir: Path | str, success_psnr: float | None = None, figures: bool = True) -> str:
     """Write the tables, figures and report.md for ``out_dir`` and return the Markdown summary.
 
-    ``success_psnr`` overrides the success threshold the records carry (default 20 dB).
+    ``success_psnr`` overrides the success threshold the records carry (default 20 dB). ``figures=False`` skips
+    the figures (most of the report's time): report.md then says how to draw them.
     """
     out_dir = Path(out_dir)
     records = load_records(out_dir)
@@ -189,7 +190,10 @@ def write_report(out_dir: Path | str, success_psnr: float | None = None) -> str:
     text = markdown_summary(summary)
     write_text(out_dir / "summary.md", text)
     write_text(out_dir / "summary.tex", latex_summary(summary))
-    figures, problems = write_figures(out_dir, trials, records)
-    write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, figures, problems, records))
+    if figures:
+        drawn, problems = write_figures(out_dir, trials, records)
+    else:
+        drawn, problems = [], [f"figures=false: `python -m bench.report {out_dir}` draws them"]
+    write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, drawn, problems, records))
     write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
     return text
