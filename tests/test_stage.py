@@ -99,6 +99,11 @@ def test_a_bad_state_is_a_user_error_saying_what_to_write(state):
     assert "\n" not in message
 
 
+def test_train_steps_does_not_apply_to_epochs(tmp_path):
+    with pytest.raises(UserError, match=r"model.train_steps does not apply to model.state=trained@1 .*; drop it"):
+        at(1, tmp_path, train_steps=10)
+
+
 def test_good_states_parse():
     assert [stage_epochs(s) for s in ("untrained", "trained", "trained@0", "trained@20")] == [None, None, 0, 20]
 

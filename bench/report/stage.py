@@ -148,9 +148,11 @@ def stage_figure(table: pd.DataFrame) -> Any:
                 markersize=3,
                 linewidth=0.9 if is_reference(method) else 1.2,
             )
-        if x_axis == "model_epoch" and data.model_epoch.max() >= 10:
-            # symlog keeps epoch 0 on the axis while spreading 1, 5, 20
-            ax.set_xscale("symlog", linthresh=1)
+        if x_axis == "model_epoch":
+            if data.model_epoch.max() >= 10:
+                ax.set_xscale("symlog", linthresh=1)  # keeps epoch 0 on the axis while spreading 1, 5, 20
+            ax.set_xticks(sorted(data.model_epoch.unique()), labels=map(str, sorted(data.model_epoch.unique())))
+            ax.minorticks_off()
         ax.set_xlabel(label)
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
