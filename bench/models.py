@@ -509,7 +509,9 @@ def prepare_model(
     if state == "untrained":
         return model.eval()
     if state != "trained":
-        raise UserError(f"model state must be 'untrained' or 'trained', got {state!r}")
+        raise UserError(
+            f"model state must be 'untrained' or 'trained' (trained@E: bench.stage.prepare_stage), got {state!r}"
+        )
     if train_images is None or train_labels is None:
         raise UserError("model state 'trained' needs training images and labels; use state=untrained otherwise")
     if mean is None or std is None or cache_dir is None:
