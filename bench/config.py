@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.defences import defence_from_config
 from bench.errors import UserError
+from bench.stage import stage_epochs
 from methods.base import get_method_class
 from methods.budget import Budget, iterations_within
 from methods.labels import list_label_strategies
@@ -256,7 +257,7 @@ SETTINGS = {key.name: key for key in SCHEMA}
 TRIAL_KEYS = tuple(key.name for key in SCHEMA if key.trial and key.name != "task") + ("dataset", "model")
 RUN_ONLY_KEYS = frozenset(key.name for key in SCHEMA if key.run_only) | {"hydra"}
 GROUPS = ("dataset", "model", "method")
-MODEL_STATES = ("untrained", "trained")
+MODEL_STATES = ("untrained", "trained")  # and trained@E, E epochs of one seeded run (bench.stage.stage_epochs)
 
 
 def defaults() -> dict[str, Any]:
@@ -291,8 +292,7 @@ def validate(config: Mapping[str, Any]) -> None:
     if config.get("defence") is not None:
         defence_from_config(config["defence"])  # a bad strength is a UserError naming the defence
     model = config.get("model") or {}
-    if model.get("state", "untrained") not in MODEL_STATES:
-        raise UserError(f"model.state={model.get('state')!r} is not valid; use model.state=untrained or trained")
+    stage_epochs(model.get("state", "untrained"))  # untrained, trained or trained@E; else a UserError saying so
     budget = parse_budget(config.get("budget"))
     method = config.get("method")
     if config.get("task", "attack") == "attack" and method is not None:

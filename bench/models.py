@@ -18,6 +18,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
@@ -31,7 +32,7 @@ from methods.registry import Registry
 
 ImageShape = tuple[int, int, int]
 # Bump when the training recipe changes so that stale cached checkpoints are not reused.
-_TRAIN_RECIPE_VERSION = 1
+TRAIN_RECIPE_VERSION = 1
 
 
 class ModelBuilder(Protocol):
@@ -384,7 +385,41 @@ StepTransform = Callable[[nn.Module, Tensor, Tensor], None]
 model, the step's normalised inputs and labels (e.g. a client-side defence applied to every step)."""
 
 
-def _train(
+@dataclass
+class TrainingProgress:
+    """Where a training run stands between two steps, so that a run continued from it takes exactly the steps an
+    uninterrupted run would have taken: the optimiser's momentum buffers (None before the first step) and the batch
+    sampler's generator state, current permutation and position in it."""
+
+    steps: int
+    momentum: list[Tensor] | None
+    generator_state: Tensor
+    order: Tensor
+    position: int
+
+    def to_tensors(self) -> dict[str, Any]:
+        """Plain tensors and lists of them: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "steps": torch.tensor(self.steps),
+            "momentum": [m.detach().cpu().clone() for m in self.momentum] if self.momentum is not None else [],
+            "generator_state": self.generator_state.clone(),
+            "order": self.order.clone(),
+            "position": torch.tensor(self.position),
+        }
+
+    @classmethod
+    def from_tensors(cls, state: Mapping[str, Any]) -> TrainingProgress:
+        momentum = list(state["momentum"])
+        return cls(
+            steps=int(state["steps"]),
+            momentum=momentum or None,
+            generator_state=state["generator_state"],
+            order=state["order"],
+            position=int(state["position"]),
+        )
+
+
+def train_model(
     model: nn.Module,
     images: Tensor,
     labels: Tensor,
@@ -396,7 +431,11 @@ def _train(
     batch: int,
     lr: float,
     step_transform: StepTransform | None = None,
-) -> None:
+    start: TrainingProgress | None = None,
+) -> TrainingProgress:
+    """``steps`` more steps of SGD (momentum 0.9, cross-entropy on ``(x - mean) / std``, random horizontal flips,
+    mini-batches of ``batch`` from a fresh permutation whenever the current one has fewer than ``batch`` left), from
+    ``start`` (a ``model`` and progress saved by an earlier call) or from the beginning; returns where it stopped."""
     # A separate stream from the initialisation generator, so batch order and init are not correlated; it stays on
     # the CPU, so the batches and flips are the same on every device (the arithmetic is the device's).
     generator = torch.Generator().manual_seed(_derived_seed(seed, "train"))
@@ -405,7 +444,13 @@ def _train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     n = images.shape[0]
     batch = min(batch, n)
-    order, pos = torch.empty(0, dtype=torch.long), 0
+    order, pos, done = torch.empty(0, dtype=torch.long), 0, 0
+    if start is not None:
+        generator.set_state(start.generator_state)
+        order, pos, done = start.order.clone(), start.position, start.steps
+        if start.momentum is not None:
+            for param, buffer in zip(model.parameters(), start.momentum, strict=True):
+                optimizer.state[param]["momentum_buffer"] = buffer.to(device).clone()
     model.train()
     for _ in range(steps):
         if pos + batch > order.numel():
@@ -422,6 +467,14 @@ def _train(
         if step_transform is not None:
             step_transform(model, inputs, labels[idx])
         optimizer.step()
+    buffers = [optimizer.state[p].get("momentum_buffer") for p in model.parameters()]
+    return TrainingProgress(
+        steps=done + steps,
+        momentum=None if any(b is None for b in buffers) else [b.detach().cpu().clone() for b in buffers],
+        generator_state=generator.get_state(),
+        order=order,
+        position=pos,
+    )
 
 
 def prepare_model(
@@ -460,7 +513,9 @@ def prepare_model(
     if state == "untrained":
         return model.eval()
     if state != "trained":
-        raise UserError(f"model state must be 'untrained' or 'trained', got {state!r}")
+        raise UserError(
+            f"model state must be 'untrained' or 'trained' (trained@E: bench.stage.prepare_stage), got {state!r}"
+        )
     if train_images is None or train_labels is None:
         raise UserError("model state 'trained' needs training images and labels; use state=untrained otherwise")
     if mean is None or std is None or cache_dir is None:
@@ -489,7 +544,7 @@ def prepare_model(
     key = _cache_key(
         {
             **transform_entry,
-            "recipe": _TRAIN_RECIPE_VERSION,
+            "recipe": TRAIN_RECIPE_VERSION,
             "name": name,
             "model_kwargs": dict(model_kwargs),
             "num_classes": int(num_classes),
@@ -526,7 +581,7 @@ def prepare_model(
         flush=True,
     )
     model.to(device)
-    _train(
+    train_model(
         model,
         images,
         labels,

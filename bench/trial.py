@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, 
 from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
+from bench.stage import prepare_stage, stage_epochs
 from bench.system import configure_device
 from methods.base import Attack, NotApplicableError, Observation, Reconstruction, get_method_class, is_reference
 from methods.budget import evaluations_so_far, metered
@@ -59,6 +60,8 @@ class Round:
     observation: Observation
     dup_ratio: float
     defence: dict[str, Any]  # the record's defence columns (name, strength, utility, training cost)
+    # the record's training-stage columns (epoch, held-out accuracy) for model.state=trained@E; empty otherwise
+    model_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,27 +179,38 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
     truth, true_labels = truth.to(device), true_labels.to(device)
     model_spec = settings["model"]
     state = model_spec.get("state", "untrained")
+    model_fields: dict[str, Any] = {}
     train_images = train_labels = None
     if state == "trained":
         train_images, train_labels = dataset.batch(torch.arange(min(len(dataset), 5000)))
-    model = prepare_model(
-        model_spec["name"],
-        state=state,
-        num_classes=dataset.num_classes,
-        image_shape=dataset.image_shape,
-        seed=seed,
-        train_images=train_images,
-        train_labels=train_labels,
-        mean=dataset.mean,
-        std=dataset.std,
-        cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
-        device=device,
-        # the dataset's spec identifies the training images: no hashing of their pixels
-        data_identity={"dataset": dict(settings["dataset"]), "first": int(len(train_images))}
-        if state == "trained"
-        else None,
-        **{k: v for k, v in model_spec.items() if k not in ("name", "state")},
-    ).to(device)
+    if stage_epochs(state) is not None:  # trained@E: a checkpoint of one seeded training run (bench/stage.py)
+        model, model_fields = prepare_stage(
+            model_spec,
+            dataset,
+            dataset_spec=settings["dataset"],
+            seed=seed,
+            cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
+            device=device,
+        )
+    else:
+        model = prepare_model(
+            model_spec["name"],
+            state=state,
+            num_classes=dataset.num_classes,
+            image_shape=dataset.image_shape,
+            seed=seed,
+            train_images=train_images,
+            train_labels=train_labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
+            device=device,
+            # the dataset's spec identifies the training images: no hashing of their pixels
+            data_identity={"dataset": dict(settings["dataset"]), "first": int(len(train_images))}
+            if state == "trained"
+            else None,
+            **{k: v for k, v in model_spec.items() if k not in ("name", "state")},
+        ).to(device)
     defence, _ = defence_from_config(defence_config(settings))
     try:
         client = client_round(
@@ -231,7 +245,7 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
         defence_seed=derive_seed(seed, "defence-training"),
         cache_dir=_inside_repo(Path(settings["cache_dir"])) / "models",
     )
-    return Round(dataset, truth, true_labels, client.observation, dup_ratio, costs)
+    return Round(dataset, truth, true_labels, client.observation, dup_ratio, costs, model_fields)
 
 
 def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -317,6 +331,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         return TrialResult(_finish(record | {"status": "skipped", "reason": str(error)}, path, started))
     record["dup_ratio"] = 0.0 if attack is not None and settings["batch_size"] == 1 else drawn.dup_ratio
     record.update(drawn.defence)
+    record.update(drawn.model_fields)
 
     result = TrialResult(record, truth=drawn.truth, true_labels=drawn.true_labels)
     try:

@@ -17,6 +17,7 @@ from bench.report.columns import AXES, AXIS_LABELS, ORACLE, STATUSES, mean_colum
 from bench.report.defences import write_defence_report
 from bench.report.figures import FigureEntry, write_figures
 from bench.report.order import is_reference, method_order
+from bench.report.stage import write_stage_report
 from bench.report.stats import CONFIDENCE
 from bench.report.tables import (
     key_columns,
@@ -196,4 +197,5 @@ def write_report(out_dir: Path | str, success_psnr: float | None = None, figures
         drawn, problems = [], [f"figures=false: `python -m bench.report {out_dir}` draws them"]
     write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, drawn, problems, records))
     write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
+    write_stage_report(out_dir, success_psnr)  # stage.md and its figure, when the folder holds trained@E trials
     return text
