@@ -15,6 +15,7 @@ import pandas as pd
 from bench.records import load_records, write_atomic
 from bench.report.columns import AXES, AXIS_LABELS, ORACLE, STATUSES, mean_column
 from bench.report.defences import write_defence_report
+from bench.report.fedavg import write_fedavg_report
 from bench.report.figures import FigureEntry, write_figures
 from bench.report.order import is_reference, method_order
 from bench.report.stats import CONFIDENCE
@@ -192,4 +193,5 @@ def write_report(out_dir: Path | str, success_psnr: float | None = None) -> str:
     figures, problems = write_figures(out_dir, trials, records)
     write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, figures, problems, records))
     write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
+    write_fedavg_report(out_dir)  # fedavg.md and its figure, when the folder holds FedAvg trials
     return text
