@@ -93,13 +93,13 @@ class FedAvg:
         if unknown:
             takes = ", ".join(cls.PARAMETERS)
             raise ValueError(f"client 'fedavg' has no parameter {', '.join(unknown)}; it takes {takes}")
-        local_batch_size = params.get("local_batch_size") or batch_size
+        local_batch_size = batch_size if params.get("local_batch_size") is None else params["local_batch_size"]
         if local_batch_size > batch_size:
             raise ValueError(
                 f"client.local_batch_size={local_batch_size} is larger than batch_size={batch_size}: the client draws "
                 f"its mini-batches from its own images; give client.local_batch_size <= {batch_size}"
             )
-        steps = params.get("local_steps") or 1
+        steps = 1 if params.get("local_steps") is None else params["local_steps"]
         if params.get("local_epochs") is not None:
             steps = params["local_epochs"] * -(-batch_size // local_batch_size)
         if params.get("local_lr") is None:

@@ -155,6 +155,8 @@ def test_bad_client_settings_are_one_line_errors():
         build_client({"name": "fedavg", "local_lr": 0.1, "local_batch_size": 8}, 4)
     with pytest.raises(UserError, match="client=fedsgd takes no parameters"):
         build_client({"name": "fedsgd", "local_steps": 3}, 4)
+    with pytest.raises(UserError, match="steps >= 1"):
+        build_client({"name": "fedavg", "local_lr": 0.1, "local_steps": 0}, 4)
     with pytest.raises(UserError, match="unknown client"):
         build_client({"name": "fedprox"}, 4)
     with pytest.raises(UserError, match=r"client.local_steps=0 is not valid"):
