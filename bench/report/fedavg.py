@@ -96,19 +96,26 @@ def _number(value: float, digits: int = 2) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
+    """The table, with each distinct skip reason written once below it and referred to by its number."""
     lines = [
         "| method | local steps | mini-batch | local lr | PSNR (dB) | success | label acc. | trials |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    reasons: list[str] = []
     for r in table.itertuples(index=False):
         success = "–" if math.isnan(r.success_rate) else f"{100 * r.success_rate:.0f}%"
         labels = "–" if math.isnan(r.label_accuracy) else f"{100 * r.label_accuracy:.0f}%"
-        trials = f"{r.n_trials}" + (f" (skipped: {r.skipped})" if r.skipped else "")
+        trials = f"{r.n_trials}"
+        if r.skipped:
+            if r.skipped not in reasons:
+                reasons.append(r.skipped)
+            trials += f" (skipped [{reasons.index(r.skipped) + 1}])"
         lines.append(
             f"| {r.method} | {r.local_steps} | {r.local_batch_size} | {float(r.local_lr):g} | "
             f"{_number(r.psnr)} | {success} | {labels} | {trials} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = [f"[{number}] {reason}" for number, reason in enumerate(reasons, start=1)]
+    return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
 
 
 def steps_figure(table: pd.DataFrame) -> plt.Figure | None:
