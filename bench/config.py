@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench.client import build_client
 from bench.defences import defence_from_config
 from bench.errors import UserError
 from bench.stage import stage_epochs
@@ -253,7 +254,41 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key("sweep_name", str, "single", "the results subfolder; set by each sweep file", run_only=True),
 )
+# Keys of config groups that have no builder signature to read them from: ``group.field``, set as
+# ``client=fedavg client.local_steps=5``. The group's YAML files give the values; these give type, range and help.
+GROUP_SCHEMA: tuple[Key, ...] = (
+    Key(
+        "client.name",
+        str,
+        "fedsgd",
+        "the config group `client`: fedsgd (one gradient of the batch) or fedavg (local SGD steps, sends the "
+        "weight difference; docs/fedavg.md); part of the trial key unless fedsgd",
+        choices=("fedsgd", "fedavg"),
+    ),
+    Key("client.local_steps", int, 1, "fedavg: local SGD steps (mini-batches)", minimum=1, example="2"),
+    Key(
+        "client.local_epochs",
+        int,
+        None,
+        "fedavg: when set, local_epochs x ceil(batch_size / local_batch_size) steps instead of local_steps",
+        minimum=1,
+        nullable=True,
+        example="1",
+    ),
+    Key("client.local_lr", float, 0.1, "fedavg: the local SGD learning rate", above=0),
+    Key(
+        "client.local_batch_size",
+        int,
+        None,
+        "fedavg: images per local step, from a fresh shuffle of the batch every epoch (<= batch_size; null: the "
+        "whole batch)",
+        minimum=1,
+        nullable=True,
+        example="4",
+    ),
+)
 SETTINGS = {key.name: key for key in SCHEMA}
+GROUP_SETTINGS = {key.name: key for key in GROUP_SCHEMA}
 TRIAL_KEYS = tuple(key.name for key in SCHEMA if key.trial and key.name != "task") + ("dataset", "model")
 RUN_ONLY_KEYS = frozenset(key.name for key in SCHEMA if key.run_only) | {"hydra"}
 GROUPS = ("dataset", "model", "method")
@@ -291,12 +326,31 @@ def validate(config: Mapping[str, Any]) -> None:
             )
     if config.get("defence") is not None:
         defence_from_config(config["defence"])  # a bad strength is a UserError naming the defence
+    if config.get("client") is not None:
+        check_group("client", config["client"])
+        if isinstance(config.get("batch_size"), int):
+            build_client(config["client"], config["batch_size"])  # e.g. local_batch_size > batch_size
     model = config.get("model") or {}
     stage_epochs(model.get("state", "untrained"))  # untrained, trained or trained@E; else a UserError saying so
     budget = parse_budget(config.get("budget"))
     method = config.get("method")
     if config.get("task", "attack") == "attack" and method is not None:
         method_options(method, config.get("profile", "quick"), config.get("iterations"), budget)
+
+
+def check_group(group: str, node: Mapping[str, Any]) -> None:
+    """Each value of a config group node against ``GROUP_SCHEMA``; raises ``UserError`` naming ``group.field``."""
+    if not isinstance(node, Mapping):
+        example = GROUP_SETTINGS[f"{group}.name"].default
+        raise UserError(f"{group}={node!r} is not valid; give a {group} name, e.g. {group}={example}")
+    for field, value in node.items():
+        key = GROUP_SETTINGS.get(f"{group}.{field}")
+        if key is None:
+            known = ", ".join(k for k in GROUP_SETTINGS if k.startswith(group + "."))
+            raise UserError(f"unknown setting {group}.{field}; {group} settings are {known}")
+        problem = key.problem(value)
+        if problem:
+            raise UserError(f"{key.name}={value!r} is not valid; {problem}")
 
 
 def parse_budget(text: str | None) -> Budget | None:
@@ -347,7 +401,7 @@ def method_options(
 def settings_table() -> str:
     """The Markdown table of every setting (README.md embeds it; a test keeps it in sync with this schema)."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key in SCHEMA:
+    for key in SCHEMA + GROUP_SCHEMA:
         kind = " / ".join(map(_word, key.choices)) if key.choices else key.kind.__name__
         if key.also:
             kind += " or " + " / ".join(key.also)

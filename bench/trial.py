@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from bench import checkpoints as ckpt
 from bench import config as schema
 from bench import records as rec
-from bench.client import client_round
+from bench.client import build_client, client_config, client_fields, client_key, client_round
 from bench.data import ImageDataset, load_dataset
 from bench.defence_costs import defence_fields
 from bench.defences import defence_config, defence_from_config, defence_key
@@ -128,7 +128,7 @@ def settings_for(method: str = "ig", **given: Any) -> dict[str, Any]:
     """
     settings = schema.defaults()
     settings["sweep_name"] = "api"
-    for group, default in (("dataset", "crops"), ("model", "convnet")):
+    for group, default in (("dataset", "crops"), ("model", "convnet"), ("client", "fedsgd")):
         spec = given.pop(group, default)
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
         settings[group] = {**group_node(group, spec["name"]), **spec}
@@ -224,6 +224,8 @@ def draw_round(settings: Mapping[str, Any], device: torch.device) -> Round:
             labels_known=settings["labels_known"],
             defence=defence,
             defence_generator=torch.Generator().manual_seed(derive_seed(seed, "defence")),
+            client=build_client(client_config(settings), batch_size),
+            client_generator=torch.Generator().manual_seed(derive_seed(seed, "client")),
         )
     except NotApplicableError:
         raise
@@ -262,6 +264,7 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
             **{k: settings[k] for k in keys},
             **skew,
             **defence_key(settings),
+            **client_key(settings),
         }
     config = {key: settings[key] for key in schema.TRIAL_KEYS}
     config["device"] = device.type
@@ -271,7 +274,8 @@ def trial_config(settings: Mapping[str, Any], device: torch.device) -> dict[str,
     options = schema.method_options(settings["method"], settings["profile"], settings["iterations"], budget)
     config["method"] = {"name": settings["method"]["name"], **options}
     # a budget joins the key only when set, so that the keys of runs without one stay what they were
-    return config | skew | defence_key(settings) | ({"budget": str(budget)} if budget is not None else {})
+    budget_part = {"budget": str(budget)} if budget is not None else {}
+    return config | skew | defence_key(settings) | client_key(settings) | budget_part
 
 
 def build_attack(settings: Mapping[str, Any]) -> Attack:
@@ -314,6 +318,7 @@ def run_trial(settings: Mapping[str, Any], out_dir: Path | None = None, *, in_sw
         "composition": settings.get("composition", "even"),
         "seed": settings["seed"],
         "labels_known": settings["labels_known"],
+        **client_fields(settings),  # FedAvg's hyper-parameters; FedSGD records stay as they were
         "config": config,
         "device": device_name(device),
         **environment(),

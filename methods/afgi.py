@@ -17,6 +17,10 @@ Only the abstract is public. What it states, and what we built (docs/methods/afg
 
 Ablation switches: ``lrb`` (off: ``label_strategy`` from ``methods.labels``), ``use_tv``,
 ``use_mean``, ``use_edge``.
+
+FedAvg: on a weight difference the cosine term compares it with the local steps replayed on the dummy
+images (``methods.fedavg``, as Inverting Gradients' multi-step variant); LRB reads the difference by the
+label strategies' rule (docs/fedavg.md).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import Tensor
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.fedavg import simulated_update
 from methods.labels import labels_for
 from methods.lrb import lrb_labels  # noqa: F401  (registers the ``lrb`` label strategy)
 from methods.matching import MatchingSpec, initial_images, invert
@@ -97,6 +102,7 @@ class AFGI:
         "Attack in Federated Learning. arXiv 2403.08383, 2024"
     )
 
+    accepts_weight_differences: ClassVar[bool] = True  # replays the local steps (methods.fedavg)
     # the paper gives no budget: 3600 is 15% of Inverting Gradients' 24,000 (its claimed 85% saving)
     profiles: ClassVar[dict[str, dict]] = {"quick": {"iterations": 240}, "paper": {"iterations": 3600}}
 
@@ -178,6 +184,7 @@ class AFGI:
             clamp=True,
             restarts=self.restarts,
             prior=self.prior(observation),
+            update=simulated_update(observation),
         )
         start = None
         if self.init == "mean":  # the data mean (zero in model space) plus a little noise to break symmetry

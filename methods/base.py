@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -37,12 +37,32 @@ class DefenceDescription:
 
 
 @dataclass(frozen=True)
-class Observation:
-    """Everything the attacker receives from one FedSGD round of one client.
+class UpdateDescription:
+    """What kind of update crossed over, and the client's public hyper-parameters (docs/fedavg.md).
 
-    ``gradients`` follow ``model.parameters()`` order (trainable parameters only)
-    and are the gradients of the *mean* cross-entropy over the client's batch, after
-    the client's ``defence`` when there is one (then they may be noisy, sparse, etc.).
+    ``gradient``: one FedSGD gradient of the mean cross-entropy. ``weight_difference``: FedAvg's
+    ``w_after - w_before`` (what the server adds to the global model) after ``local_steps`` SGD steps
+    of ``local_lr`` on mini-batches of ``local_batch_size`` of the client's ``num_samples`` images.
+    The attacker knows these numbers, never the order in which the client shuffled its images.
+    """
+
+    kind: Literal["gradient", "weight_difference"] = "gradient"
+    local_steps: int = 1
+    local_lr: float = 1.0
+    local_batch_size: int = 1
+    num_samples: int = 1
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the attacker receives from one round of one client.
+
+    ``gradients`` follow ``model.parameters()`` order (trainable parameters only). Without ``update``
+    (or with ``update.kind == "gradient"``) they are the gradients of the *mean* cross-entropy over the
+    client's batch (FedSGD); with ``update.kind == "weight_difference"`` they are FedAvg's weight
+    difference ``w_after - w_before`` (docs/fedavg.md), which only methods declaring
+    ``accepts_weight_differences`` are given. Either comes after the client's ``defence`` when there is
+    one (then they may be noisy, sparse, etc.).
     ``model`` is the attacker's copy of the global model, in the same train/eval
     mode the client used; its BatchNorm running statistics are frozen so that
     dummy forward passes do not change them.
@@ -58,6 +78,12 @@ class Observation:
     labels: Tensor | None = None
     # the defence applied to ``gradients`` before they crossed over (None: no defence); docs/defences.md
     defence: DefenceDescription | None = None
+    # FedAvg's weight difference and its public hyper-parameters; None: a FedSGD gradient (docs/fedavg.md)
+    update: UpdateDescription | None = None
+
+    @property
+    def is_weight_difference(self) -> bool:
+        return self.update is not None and self.update.kind == "weight_difference"
 
     def __post_init__(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -156,6 +182,8 @@ class Attack(Protocol):
     - ``profiles`` names budgets as overrides of the defaults: ``quick`` (CPU) and ``paper`` (the paper's).
     - ``name`` is its registry key (= its docs page ``docs/methods/<name>.md`` = its results rows);
       ``paper`` cites it; ``reference`` marks a floor that uses no gradient for its images (``noise``, ``mean``).
+    - ``accepts_weight_differences`` (default False) says it can attack a FedAvg weight difference
+      (docs/fedavg.md); otherwise such an observation raises ``NotApplicableError`` before ``reconstruct`` runs.
     - ``reconstruct`` sees only the ``Observation``, draws all randomness from ``generator``, calls
       ``callback`` every ``callback_every`` iterations and returns a ``Reconstruction`` in [0, 1].
     """
@@ -164,6 +192,7 @@ class Attack(Protocol):
     paper: ClassVar[str]
     profiles: ClassVar[dict[str, dict[str, Any]]]
     reference: ClassVar[bool]
+    accepts_weight_differences: ClassVar[bool]
 
     def reconstruct(
         self,
@@ -192,6 +221,11 @@ def register_method(name: str | None = None) -> Callable[[AttackT], AttackT]:
         cls.name = key
         if not hasattr(cls, "reference"):
             cls.reference = False
+        if not hasattr(cls, "accepts_weight_differences"):
+            cls.accepts_weight_differences = False  # safe default: a gradient-only method is skipped, never misfed
+        if "_checks_update" not in vars(cls):
+            cls.reconstruct = _refusing_weight_differences(cls.reconstruct)
+            cls._checks_update = True
         if dataclasses.is_dataclass(cls) and "_checks_options" not in vars(cls):
             # wrap __init__ (the dataclass only calls a __post_init__ that existed when it was decorated)
             init = cls.__init__
@@ -208,6 +242,25 @@ def register_method(name: str | None = None) -> Callable[[AttackT], AttackT]:
         return cls
 
     return wrap
+
+
+def require_understood_update(method: type | object, observation: Observation) -> None:
+    """Raise ``NotApplicableError`` when ``observation`` holds a weight difference ``method`` does not understand."""
+    if observation.is_weight_difference and not getattr(method, "accepts_weight_differences", False):
+        name = getattr(method, "name", type(method).__name__)
+        raise NotApplicableError(
+            f"method {name!r} matches gradients only and the client sent a FedAvg weight difference "
+            f"(client=fedavg); use client=fedsgd, or a method that simulates local steps (docs/fedavg.md)"
+        )
+
+
+def _refusing_weight_differences(reconstruct: Callable[..., Reconstruction]) -> Callable[..., Reconstruction]:
+    @functools.wraps(reconstruct)
+    def checked(self: Any, observation: Observation, *args: Any, **kwargs: Any) -> Reconstruction:
+        require_understood_update(self, observation)
+        return reconstruct(self, observation, *args, **kwargs)
+
+    return checked
 
 
 def list_methods() -> list[str]:

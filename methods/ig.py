@@ -13,6 +13,10 @@ Adam lr 0.1, 24,000 iterations, init N(0,1).
 Labels come from the observation when the threat model grants them; otherwise
 iDLG's rule at B = 1 (as in the paper) and ``batch_label_strategy`` from
 ``methods.labels`` for B > 1 (the paper assumes known labels there).
+
+FedAvg (the paper's section 5): on a weight difference the objective replays the client's local
+steps on the dummy images (``methods.fedavg``) and matches the simulated difference with the same
+cosine distance; restarts then run one after another (docs/fedavg.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.fedavg import simulated_update
 from methods.labels import labels_for
 from methods.losses import build_gradient_loss
 from methods.matching import MatchingSpec, invert
@@ -41,6 +46,7 @@ class InvertingGradients:
         "in federated learning? NeurIPS 2020"
     )
 
+    accepts_weight_differences: ClassVar[bool] = True  # the multi-step variant of section 5
     profiles: ClassVar[dict[str, dict]] = {
         "quick": {"iterations": 240, "restarts": 1},
         "paper": {"iterations": 24_000, "restarts": 8},
@@ -88,6 +94,7 @@ class InvertingGradients:
             batch_restarts=batch_restarts,
             compile_loss=self.compile_loss,
             prior=(lambda images: tv_weight * total_variation(images)) if tv_weight else None,
+            update=simulated_update(observation),
         )
         result = invert(
             observation,
@@ -105,7 +112,7 @@ class InvertingGradients:
 
     def _batch_restarts(self, observation: Observation) -> tuple[bool, dict[str, float]]:
         """Side by side when the batch is small enough to pay and the predicted peak fits the budget."""
-        if self.restarts < 2 or observation.batch_size > self.batch_restarts_up_to:
+        if self.restarts < 2 or observation.batch_size > self.batch_restarts_up_to or observation.is_weight_difference:
             return False, {}
         return batched_fits(
             observation.model,

@@ -1,7 +1,8 @@
 """The last layer's gradients, read the way every label strategy reads them (shared by methods.labels and LRB).
 
 Notation of ``methods.labels``: the final ``nn.Linear`` has weight W (K, F) and bias b; under the mean
-cross-entropy over B samples ``db_c = mean_i p_ic - n_c / B``.
+cross-entropy over B samples ``db_c = mean_i p_ic - n_c / B``. A FedAvg weight difference is read as the mean
+gradient of its local steps (``methods.fedavg.averaged_gradient``, docs/fedavg.md), so every strategy has one rule.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import torch
 from torch import Tensor
 
 from methods.base import Observation
+from methods.fedavg import averaged_gradient
 
 
 def last_layer_gradients(observation: Observation) -> tuple[Tensor, Tensor]:
-    """The classifier's weight gradient (K, F) and bias gradient (K,): the last two exposed gradients."""
+    """The classifier's weight gradient (K, F) and bias gradient (K,): the last two exposed gradients (a FedAvg
+    weight difference read as its local steps' mean gradient)."""
     grads = observation.gradients
     classes = observation.num_classes
     if len(grads) < 2:
@@ -26,6 +29,7 @@ def last_layer_gradients(observation: Observation) -> tuple[Tensor, Tensor]:
             f"the last two gradients have shapes {tuple(weight.shape)} and {tuple(bias.shape)}; label inference "
             f"needs the model to end in nn.Linear(F, {classes}) with bias, i.e. shapes ({classes}, F) and ({classes},)"
         )
+    weight, bias = averaged_gradient(observation, (weight, bias))
     return weight, bias
 
 

@@ -20,6 +20,7 @@ from methods.base import Observation, TracePoint, draw
 from methods.batched import GroupGradients
 from methods.budget import budget_share
 from methods.checkpoint import StackedHistory, Stateful
+from methods.fedavg import UpdateFunction
 from methods.losses import GradientLoss, build_gradient_loss
 from methods.optimise import OptimiserConfig, ProgressHooks, model_gradients, optimise
 
@@ -44,6 +45,8 @@ class MatchingSpec:
     compile_loss: bool = False
     # extra objective terms that need the forward pass (e.g. BN statistics); called after each forward
     forward_terms: tuple[Callable[[], Tensor], ...] = field(default_factory=tuple)
+    # the update the dummy images would produce (methods.fedavg.simulated_update); None: the FedSGD gradient
+    update: UpdateFunction | None = None
 
 
 @dataclass
@@ -121,11 +124,14 @@ def invert(
                 "batch_restarts needs an elementwise optimiser (adam); L-BFGS's line search would couple the "
                 "restarts; set batch_restarts=False"
             )
-        if spec.forward_terms or start is not None:
-            raise ValueError("batch_restarts needs random starts and no forward_terms; set batch_restarts=False")
+        if spec.forward_terms or start is not None or spec.update is not None:
+            raise ValueError(
+                "batch_restarts needs random starts, no forward_terms and FedSGD gradients; set batch_restarts=False"
+            )
         return _invert_batched(observation, labels, spec, gradient_loss, generator=generator, hooks=hooks)
     low, high = observation.input_box()
     terms = _maybe_compiled(_matching_terms, spec.compile_loss)
+    update = spec.update or model_gradients
     best: MatchingResult | None = None
     trace_so_far: list[TracePoint] = []  # restarts continue one trace, so iterations and seconds keep counting up
     for index in range(spec.restarts):
@@ -134,7 +140,7 @@ def invert(
         ).requires_grad_(True)
 
         def objective(images: Tensor = images) -> Tensor:
-            gradients = model_gradients(observation.model, images, labels)
+            gradients = update(observation.model, images, labels)
             value = terms(gradient_loss, spec.prior, gradients, images)
             for term in spec.forward_terms:
                 value = value + term()

@@ -23,6 +23,8 @@ class Mean:
     name: ClassVar[str] = "mean"
     paper: ClassVar[str] = "reference floor: the dataset's mean image (no paper)"
     reference: ClassVar[bool] = True
+    # no update read for the images; labels by the label strategies' FedAvg rule (docs/fedavg.md)
+    accepts_weight_differences: ClassVar[bool] = True
 
     profiles: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}}  # no budget: nothing is optimised
 

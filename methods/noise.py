@@ -21,6 +21,8 @@ class Noise:
     name: ClassVar[str] = "noise"
     paper: ClassVar[str] = "reference floor: uniform random images (no paper)"
     reference: ClassVar[bool] = True
+    # no update read for the images; labels by the label strategies' FedAvg rule (docs/fedavg.md)
+    accepts_weight_differences: ClassVar[bool] = True
 
     profiles: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}}  # no budget: nothing is optimised
 

@@ -15,6 +15,7 @@ import pandas as pd
 from bench.records import load_records, write_atomic
 from bench.report.columns import AXES, AXIS_LABELS, ORACLE, STATUSES, mean_column
 from bench.report.defences import write_defence_report
+from bench.report.fedavg import write_fedavg_report
 from bench.report.figures import FigureEntry, write_figures
 from bench.report.order import is_reference, method_order
 from bench.report.stage import write_stage_report
@@ -198,4 +199,5 @@ def write_report(out_dir: Path | str, success_psnr: float | None = None, figures
     write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, drawn, problems, records))
     write_defence_report(out_dir)  # defences.md and its figures, when the folder holds defended trials
     write_stage_report(out_dir, success_psnr)  # stage.md and its figure, when the folder holds trained@E trials
+    write_fedavg_report(out_dir)  # fedavg.md and its figure, when the folder holds FedAvg trials
     return text
