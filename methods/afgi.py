@@ -78,7 +78,7 @@ class AFGI:
     coarse_size: int = option(
         0, minimum=0, help="coarse-to-fine: first grid side (doubled per level up to the image's); 0: off"
     )
-    coarse_fraction: float = option(0.3, minimum=0, below=1, help="coarse-to-fine: budget share of all coarse levels")
+    coarse_fraction: float = option(0.06, minimum=0, below=1, help="coarse-to-fine: budget share of all coarse levels")
     coarse_mode: Literal["nearest", "bilinear"] = option("bilinear", help="coarse-to-fine: upsampling of a level")
     lrb: bool = option(True, help="LRB label recovery; false: label_strategy below")
     label_strategy: str = option(

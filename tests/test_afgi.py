@@ -21,7 +21,7 @@ from methods.coarse import CoarseToFine, project
 from methods.labels import infer_labels
 from methods.losses import build_gradient_loss
 from methods.lrb import water_fill
-from methods.matching import MatchingSpec, invert
+from methods.matching import MatchingSpec, invert, stateful_parts
 from methods.optimise import OptimiserConfig, model_gradients
 from methods.vme import VME, VMETargets, channel_means, sobel_edges
 
@@ -217,6 +217,7 @@ def test_afgi_coarse_steps_change_the_images_only_at_low_resolution() -> None:
         clamp=True,
         image_gradient=CoarseToFine([4], [5], iterations=5, mode="nearest"),
     )
+    assert spec.image_gradient in stateful_parts(spec)  # its pass count is checkpointed with the call
     result = invert(observation, labels, spec, generator=torch.Generator().manual_seed(0), start=start)
     change = (result.images_model - start).unfold(2, 8, 8).unfold(3, 8, 8)
     assert change.abs().amax() > 0.01  # it moved (by lr per signed step)
