@@ -15,8 +15,12 @@ Only the abstract is public. What it states, and what we built (docs/methods/afg
   (after a Gaussian blur of ``edge_blur`` pixels) of its result become the M and E
   targets of the second stage, which continues from that result with the full VME.
 
+Speed (issue 16, measured in the docs): optionally coarse-to-fine, the images' gradient projected onto
+low-resolution grids for the first ``coarse_fraction`` of the budget (``methods/coarse.py``; off by default:
+it did not reach IG's quality sooner).
+
 Ablation switches: ``lrb`` (off: ``label_strategy`` from ``methods.labels``), ``use_tv``,
-``use_mean``, ``use_edge``.
+``use_mean``, ``use_edge``, ``coarse_size``.
 
 FedAvg: on a weight difference the cosine term compares it with the local steps replayed on the dummy
 images (``methods.fedavg``, as Inverting Gradients' multi-step variant); LRB reads the difference by the
@@ -25,72 +29,21 @@ label strategies' rule (docs/fedavg.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from methods.base import Observation, ProgressCallback, Reconstruction, register_method
+from methods.coarse import CoarseToFine, coarse_noise
 from methods.fedavg import simulated_update
 from methods.labels import labels_for
 from methods.lrb import lrb_labels  # noqa: F401  (registers the ``lrb`` label strategy)
 from methods.matching import MatchingSpec, initial_images, invert
 from methods.optimise import OptimiserConfig, ProgressHooks
 from methods.options import option
-from methods.vme import VME, VMETargets
-
-
-class StagedVME:
-    """The VME prior in two stages over each run of ``iterations`` objective evaluations.
-
-    Evaluations ``[0, switch)`` see V only; at evaluation ``switch`` the M and E targets
-    are read off the images being optimised (de-normalised to [0,1]) and the full VME
-    applies from then on. The count wraps every ``iterations`` evaluations, so each
-    restart of ``matching.invert`` starts again from stage one.
-    """
-
-    def __init__(self, vme: VME, *, iterations: int, switch: int, edge_blur: float, refresh: int = 0) -> None:
-        self.full = vme
-        self.first = VME(
-            mean=tuple(vme.mean.flatten().tolist()), std=tuple(vme.std.flatten().tolist()), tv_weight=vme.tv_weight
-        )
-        self.iterations = iterations
-        self.switch = switch
-        self.edge_blur = edge_blur
-        self.refresh = refresh
-        self.calls = 0
-        self.active = self.first
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the evaluation count, the stage and the M and E targets read so far."""
-        targets = self.full.targets
-        return {
-            "calls": self.calls,
-            "full": self.active is self.full,
-            "channel_means": targets.channel_means,
-            "edges": targets.edges,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.calls = state["calls"]
-        self.full.targets = VMETargets(state["channel_means"], state["edges"])
-        self.active = self.full if state["full"] else self.first
-
-    def set_targets(self, images_model: Tensor) -> None:
-        """Read the M and E targets off ``images_model`` and switch to the full VME."""
-        self.full.targets = VMETargets.from_images(self.full.unit(images_model.detach()), blur=self.edge_blur)
-        self.active = self.full
-
-    def __call__(self, images_model: Tensor) -> Tensor:
-        step = self.calls % self.iterations
-        self.calls += 1
-        if step == 0:
-            self.active = self.first
-        if step == self.switch or (self.refresh and step > self.switch and (step - self.switch) % self.refresh == 0):
-            self.set_targets(images_model)
-        return self.active(images_model)
+from methods.vme import VME, StagedVME
 
 
 @register_method()
@@ -128,6 +81,11 @@ class AFGI:
     refresh_fraction: float = option(
         0.0, minimum=0, below=1, help="re-read the targets every this fraction of the budget (0: never)"
     )
+    coarse_size: int = option(
+        0, minimum=0, help="coarse-to-fine: first grid side (doubled per level up to the image's); 0: off"
+    )
+    coarse_fraction: float = option(0.06, minimum=0, below=1, help="coarse-to-fine: budget share of all coarse levels")
+    coarse_mode: Literal["nearest", "bilinear"] = option("bilinear", help="coarse-to-fine: upsampling of a level")
     lrb: bool = option(True, help="LRB label recovery; false: label_strategy below")
     label_strategy: str = option(
         "yin", help="labels when lrb is off: GradInversion's restoration (the duplicate-blind baseline LRB replaces)"
@@ -156,6 +114,16 @@ class AFGI:
         refresh = max(1, int(round(self.refresh_fraction * self.iterations))) if self.refresh_fraction > 0 else 0
         return StagedVME(vme, iterations=self.iterations, switch=switch, edge_blur=self.edge_blur, refresh=refresh)
 
+    def coarse_to_fine(self, observation: Observation) -> CoarseToFine | None:
+        """The gradient projection of the coarse levels (each an equal share of ``coarse_fraction``), or None."""
+        side = min(observation.image_shape[1:])
+        sizes = [self.coarse_size * 2**k for k in range(8) if 0 < self.coarse_size * 2**k < side]
+        if not sizes or self.coarse_fraction == 0:
+            return None
+        total = int(round(self.coarse_fraction * self.iterations))
+        steps = [total // len(sizes) + (k < total % len(sizes)) for k in range(len(sizes))]
+        return CoarseToFine(sizes, steps, self.iterations, self.coarse_mode)
+
     def budget_iterations(self, evaluations: int) -> int:
         """Every restart gets an equal share; within one, the stages split it as they split ``iterations``."""
         return evaluations // self.restarts
@@ -170,6 +138,7 @@ class AFGI:
         progress: bool = False,
     ) -> Reconstruction:
         labels = self.labels(observation)
+        coarse = self.coarse_to_fine(observation)
         spec = MatchingSpec(
             loss="cosine",
             optimiser=OptimiserConfig(
@@ -185,10 +154,13 @@ class AFGI:
             restarts=self.restarts,
             prior=self.prior(observation),
             update=simulated_update(observation),
+            image_gradient=coarse,
         )
         start = None
         if self.init == "mean":  # the data mean (zero in model space) plus a little noise to break symmetry
             start = 0.1 * initial_images(observation, "randn", generator)
+            if coarse is not None:  # noise a coarse level can move: per-pixel noise would stay until the fine level
+                start = coarse_noise(start, coarse.sizes[0], self.coarse_mode)
         result = invert(
             observation,
             labels,

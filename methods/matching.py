@@ -39,6 +39,8 @@ class MatchingSpec:
     # (methods.batched); needs an elementwise optimiser (Adam), a functional prior and no forward_terms
     batch_restarts: bool = False
     prior: ImagePrior | None = None
+    # replaces the images' gradient before each optimiser step (a tensor hook; e.g. methods.coarse.CoarseToFine)
+    image_gradient: Callable[[Tensor], Tensor] | None = None
     # torch.compile the gradient distance and the prior (first-order; the model's double backward stays
     # eager, aot_autograd cannot compile it). Compiled once per process and input shape (needs a C++
     # compiler), it pays only over long runs (measured in docs/performance.md)
@@ -88,7 +90,8 @@ def _maybe_compiled(terms: Callable[..., Tensor], compiled: bool) -> Callable[..
 
 def stateful_parts(spec: MatchingSpec) -> list[Stateful]:
     """The prior and forward terms that keep state across iterations (saved with a trial's checkpoints)."""
-    return [part for part in (spec.prior, *spec.forward_terms) if isinstance(part, Stateful)]
+    parts = (spec.prior, spec.image_gradient, *spec.forward_terms)
+    return [part for part in parts if isinstance(part, Stateful)]
 
 
 def initial_images(observation: Observation, init: str, generator: torch.Generator, count: int = 1) -> Tensor:
@@ -138,6 +141,8 @@ def invert(
         images = (
             start.clone() if start is not None else initial_images(observation, spec.init, generator)
         ).requires_grad_(True)
+        if spec.image_gradient is not None:
+            images.register_hook(spec.image_gradient)
 
         def objective(images: Tensor = images) -> Tensor:
             gradients = update(observation.model, images, labels)
@@ -201,6 +206,8 @@ def _invert_batched(
     restarts, batch, shape = spec.restarts, observation.batch_size, observation.image_shape
     images = torch.cat([initial_images(observation, spec.init, generator) for _ in range(restarts)])
     images.requires_grad_(True)
+    if spec.image_gradient is not None:
+        images.register_hook(spec.image_gradient)
     low, high = observation.input_box()
     gradients = GroupGradients(observation.model)
     terms = _maybe_compiled(_per_restart_terms, spec.compile_loss)

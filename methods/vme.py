@@ -21,8 +21,9 @@ the result of a first stage of plain gradient matching, see ``methods/afgi.py``)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,3 +157,54 @@ class VME:
         for name, value in terms.items():
             total = total + weights[name] * value
         return total
+
+
+class StagedVME:
+    """The VME prior in two stages over each run of ``iterations`` objective evaluations.
+
+    Evaluations ``[0, switch)`` see V only; at evaluation ``switch`` the M and E targets
+    are read off the images being optimised (de-normalised to [0,1]) and the full VME
+    applies from then on. The count wraps every ``iterations`` evaluations, so each
+    restart of ``matching.invert`` starts again from stage one.
+    """
+
+    def __init__(self, vme: VME, *, iterations: int, switch: int, edge_blur: float, refresh: int = 0) -> None:
+        self.full = vme
+        self.first = VME(
+            mean=tuple(vme.mean.flatten().tolist()), std=tuple(vme.std.flatten().tolist()), tv_weight=vme.tv_weight
+        )
+        self.iterations = iterations
+        self.switch = switch
+        self.edge_blur = edge_blur
+        self.refresh = refresh
+        self.calls = 0
+        self.active = self.first
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the evaluation count, the stage and the M and E targets read so far."""
+        targets = self.full.targets
+        return {
+            "calls": self.calls,
+            "full": self.active is self.full,
+            "channel_means": targets.channel_means,
+            "edges": targets.edges,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = state["calls"]
+        self.full.targets = VMETargets(state["channel_means"], state["edges"])
+        self.active = self.full if state["full"] else self.first
+
+    def set_targets(self, images_model: Tensor) -> None:
+        """Read the M and E targets off ``images_model`` and switch to the full VME."""
+        self.full.targets = VMETargets.from_images(self.full.unit(images_model.detach()), blur=self.edge_blur)
+        self.active = self.full
+
+    def __call__(self, images_model: Tensor) -> Tensor:
+        step = self.calls % self.iterations
+        self.calls += 1
+        if step == 0:
+            self.active = self.first
+        if step == self.switch or (self.refresh and step > self.switch and (step - self.switch) % self.refresh == 0):
+            self.set_targets(images_model)
+        return self.active(images_model)

@@ -17,10 +17,12 @@ from bench.models import build_model
 from bench.sampler import sample_batch
 from methods.afgi import AFGI
 from methods.base import Observation, build_method
+from methods.coarse import CoarseToFine, project
 from methods.labels import infer_labels
 from methods.losses import build_gradient_loss
 from methods.lrb import water_fill
-from methods.optimise import model_gradients
+from methods.matching import MatchingSpec, invert, stateful_parts
+from methods.optimise import OptimiserConfig, model_gradients
 from methods.vme import VME, VMETargets, channel_means, sobel_edges
 
 # measured: 16.5 dB for this batch (17.8 and 17.8 for sampler seeds 1 and 2); the margin absorbs platform noise
@@ -180,3 +182,43 @@ def test_afgi_rejects_bad_options() -> None:
         AFGI(target_fraction=1.0)
     with pytest.raises(ValueError, match="edge_weight"):
         AFGI(edge_weight=-1.0)
+
+
+def test_coarse_projection_moves_blocks_as_one_and_keeps_block_means() -> None:
+    gradient = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    projected = project(gradient, 4, "nearest")
+    blocks = projected.unfold(2, 8, 8).unfold(3, 8, 8)  # (2, 3, 4, 4, 8, 8): one 8x8 block per grid cell
+    assert torch.allclose(blocks, blocks[..., :1, :1].expand_as(blocks))
+    assert torch.allclose(blocks[..., 0, 0], gradient.unfold(2, 8, 8).unfold(3, 8, 8).mean((-2, -1)), atol=1e-6)
+    assert torch.equal(project(gradient, 32), gradient)  # the full resolution is no projection
+
+
+def test_coarse_to_fine_levels_then_full_resolution_and_wraps_per_restart() -> None:
+    hook = CoarseToFine([4, 8, 16], [2, 2, 1], iterations=8)
+    assert [hook.level(step) for step in range(8)] == [4, 4, 8, 8, 16, None, None, None]
+    attack = quick_afgi(coarse_size=4, coarse_fraction=0.25, iterations=24)
+    coarse = attack.coarse_to_fine(observe(*pattern([1], 0)))
+    assert coarse is not None and coarse.sizes == [4, 8, 16] and coarse.ends == [2, 4, 6]
+    assert quick_afgi().coarse_to_fine(observe(*pattern([1], 0))) is None  # off by default
+    gradient = torch.randn(1, 3, 32, 32)
+    for _ in range(8):  # a first run: 6 coarse passes, then 2 at full resolution
+        hook(gradient)
+    assert not torch.equal(hook(gradient), gradient)  # a restart starts again at the coarsest level
+    assert hook.state_dict() == {"calls": 9}
+
+
+def test_afgi_coarse_steps_change_the_images_only_at_low_resolution() -> None:
+    truth, labels = pattern([1], 0)
+    observation = observe(truth, labels)
+    start = torch.zeros(1, *observation.image_shape)
+    spec = MatchingSpec(
+        loss="cosine",
+        optimiser=OptimiserConfig(optimiser="adam", lr=0.01, iterations=5, signed=True),
+        clamp=True,
+        image_gradient=CoarseToFine([4], [5], iterations=5, mode="nearest"),
+    )
+    assert spec.image_gradient in stateful_parts(spec)  # its pass count is checkpointed with the call
+    result = invert(observation, labels, spec, generator=torch.Generator().manual_seed(0), start=start)
+    change = (result.images_model - start).unfold(2, 8, 8).unfold(3, 8, 8)
+    assert change.abs().amax() > 0.01  # it moved (by lr per signed step)
+    assert torch.allclose(change, change[..., :1, :1].expand_as(change))  # in 8x8 blocks, as one 4x4 image
