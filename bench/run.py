@@ -10,6 +10,7 @@ so a registered attack is a ``method=`` choice and part of every default sweep.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,8 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
+        # one Ctrl-C is enough: a second one now would turn the clean exit (130, how to resume) into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         arguments = sys.argv[1:]
         if ACTIVE_OUTPUT and not any(a.startswith("hydra.sweep.dir=") for a in arguments):
             arguments.append(f"hydra.sweep.dir={ACTIVE_OUTPUT[-1]}")

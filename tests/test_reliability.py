@@ -48,16 +48,47 @@ BAD_INPUT = {
 }
 
 
+# Run as real processes (exit status, and nothing else on stderr: no Hydra log line, no warning): one refused by the
+# command-line check, one by Hydra's composition, one inside a trial. The rest run in-process (``refused_in_process``):
+# the same ``cli()`` and the same one line, without a new interpreter's ~3 s start-up each.
+IN_A_PROCESS = ("unknown method", "unknown launcher", "too few images in a class")
+
+
+def refused_by_a_process(arguments: list[str]) -> tuple[int, str]:
+    command = [sys.executable, "-m", "bench.run", *arguments]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr
+
+
+def refused_in_process(arguments: list[str], monkeypatch: pytest.MonkeyPatch, capfd) -> tuple[int, str]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bench.run import cli
+
+    monkeypatch.setattr(sys, "argv", ["bench.run", *arguments])
+    monkeypatch.chdir(REPO)  # as the processes run: relative paths resolve against the repository
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli()
+    finally:
+        GlobalHydra.instance().clear()
+    return exit_.value.code, capfd.readouterr().err
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path):
+def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, monkeypatch, capfd):
     overrides, expected = BAD_INPUT[case]
-    args = [sys.executable, "-m", "bench.run", "quiet=true", "iterations=2", "device=cpu"]
+    arguments = ["quiet=true", "iterations=2", "device=cpu"]
     if not any(o.startswith("results_root=") for o in overrides):
-        args.append(f"results_root={tmp_path}")
-    done = subprocess.run([*args, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        arguments.append(f"results_root={tmp_path}")
+    if case in IN_A_PROCESS:
+        code, stderr = refused_by_a_process([*arguments, *overrides])
+    else:
+        code, stderr = refused_in_process([*arguments, *overrides], monkeypatch, capfd)
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert expected in lines[0]
 
 

@@ -260,16 +260,15 @@ FIGURES = {
 }
 
 
-def write_defence_report(out_dir: Path | str) -> str | None:
-    """Write ``defences.md``, ``defences.csv`` and the figures into ``out_dir``; None (writing nothing) when no
-    trial there ran with a defence. Returns the markdown."""
+def write_defence_report(out_dir: Path | str, figures: bool = True) -> str | None:
+    """Write ``defences.md``, ``defences.csv`` and the figures (unless ``figures`` is False) into ``out_dir``; None
+    (writing nothing) when no trial there ran with a defence. Returns the markdown."""
     out_dir = Path(out_dir)
     table = defence_table(defence_trials(rec.load_records(out_dir)))
     if not (table.defence != "none").any():
         return None
     table.to_csv(out_dir / "defences.csv", index=False)
     figures_dir = out_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
     parts = [
         "# Defences\n",
         f"Success: the share of images reconstructed to at least {SUCCESS_PSNR:g} dB PSNR. Update cosine: the "
@@ -277,7 +276,10 @@ def write_defence_report(out_dir: Path | str) -> str | None:
         "the short training run of `defence_training` with the defence at every step (docs/defences.md).\n",
         markdown_table(table),
     ]
-    for stem, (build, caption) in FIGURES.items():
+    if not figures:
+        parts.append(f"\nFigures not drawn (figures=false): `python -m bench.report.defences {out_dir}` draws them.\n")
+    for stem, (build, caption) in FIGURES.items() if figures else ():
+        figures_dir.mkdir(parents=True, exist_ok=True)
         figure = build(table)
         if figure is None:
             continue
