@@ -1,6 +1,6 @@
 """What a defence costs the client, recorded next to what it saves: the defended update's cosine similarity to
 the undefended one, DP-SGD's (epsilon, delta) for the round, and the held-out accuracy after a short local training
-run with the defence applied to every step (through ``bench.models.prepare_model``'s cached training runs)."""
+run with the defence applied to every step (through ``bench.training.prepare_model``'s cached training runs)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from bench.client import ClientRound
 from bench.data import ImageDataset
 from bench.defences import ClientBatch, Defence, defence_from_config, privacy_of
-from bench.models import prepare_model
+from bench.training import prepare_model
 from methods.base import DefenceDescription
 
 # every HELD_OUT_EVERY-th image of the dataset is held out for the accuracy; the rest may be trained on

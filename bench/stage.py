@@ -2,7 +2,7 @@
 its accuracy on held-out images.
 
 ``trained@E`` is the trial's seeded model (``build_model`` with its seed) after E epochs of one training run
-(``bench.models.train_model``) on the training split of the dataset (``bench.defence_costs.split``: of the first
+(``bench.training.train_model``) on the training split of the dataset (``bench.defence_costs.split``: of the first
 5000 images, every fifth is held out, the rest are trained on); ``trained@0`` is that run's initialisation. An
 epoch is one pass over a fresh permutation of the training split in mini-batches of ``train_batch`` (the incomplete
 last batch is dropped), so E epochs are E x (n // train_batch) steps and every epoch starts a new permutation.
@@ -29,14 +29,15 @@ from bench import records as rec
 from bench.data import ImageDataset
 from bench.defence_costs import accuracy, split
 from bench.errors import UserError
-from bench.models import TRAIN_RECIPE_VERSION, TrainingProgress, build_model, load_state_dict_checked, train_model
+from bench.models import build_model, load_state_dict_checked
+from bench.training import TRAIN_RECIPE_VERSION, TrainingProgress, train_model
 
 STATE_PATTERN = re.compile(r"^trained@(0|[1-9][0-9]*)$")
 STATE_HELP = (
     "use model.state=untrained, trained or trained@E, where E is a whole number of epochs >= 0 of one seeded "
     "training run (e.g. model.state=trained@5)"
 )
-# the plain trained state's mini-batch and learning rate (bench.models.prepare_model), so the two differ only in length
+# the plain trained state's mini-batch and learning rate (bench.training.prepare_model): the two differ in length only
 TRAIN_BATCH = 32
 LR = 0.05
 # bump when what an epoch means changes, so that stale cached checkpoints are not continued

@@ -35,11 +35,11 @@ from bench.defences import defence_config, defence_from_config, defence_key
 from bench.errors import InfeasibleBatchError, UserError
 from bench.images import save_grid
 from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
-from bench.models import prepare_model
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.stage import prepare_stage, stage_epochs
 from bench.system import configure_device
+from bench.training import prepare_model
 from methods.base import Attack, NotApplicableError, Observation, Reconstruction, get_method_class, is_reference
 from methods.budget import evaluations_so_far, metered
 from methods.checkpoint import Checkpointer, CheckpointMismatchError, checkpointing

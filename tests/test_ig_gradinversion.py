@@ -10,7 +10,8 @@ import torch
 from bench.client import client_update
 from bench.data import load_dataset
 from bench.metrics import match, psnr
-from bench.models import build_model, prepare_model
+from bench.models import build_model
+from bench.training import prepare_model
 from methods import get_method
 from methods.batched import GroupGradients
 from methods.gradinversion import NO_BATCHNORM_MESSAGE

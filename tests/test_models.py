@@ -13,9 +13,9 @@ from bench.models import (
     classifier,
     list_models,
     load_state_dict_checked,
-    prepare_model,
     register_model,
 )
+from bench.training import prepare_model
 from methods.registry import UnknownNameError
 
 SHAPE = (3, 32, 32)

@@ -23,8 +23,8 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
     from bench import records
     from bench.client import client_update
     from bench.metrics import LPIPSScorer, match, psnr, score
-    from bench.models import prepare_model
     from bench.sampler import sample_batch
+    from bench.training import prepare_model
     from bench.trial import save_images
 
     device = torch.device(args.device)

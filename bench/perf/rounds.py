@@ -58,8 +58,8 @@ def least_dup_ratio(dataset: Any, batch_size: int) -> float:
 def draw_round(dataset: Any, model_name: str, batch_size: int, device: torch.device, seed: int = SEED) -> Round:
     """data -> model -> client update, as a trial does (dup_ratio=least, untrained model, labels known)."""
     from bench.client import client_update
-    from bench.models import prepare_model
     from bench.sampler import sample_batch
+    from bench.training import prepare_model
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
