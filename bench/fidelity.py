@@ -29,7 +29,8 @@ from bench import records as rec
 from bench.errors import UserError
 from bench.report.stats import interval, proportion_interval
 from bench.sampler import sample_batch
-from bench.trial import CONF_DIR, dataset_for, pick_device, run_trial, settings_for, trial_config
+from bench.system import pick_device
+from bench.trial import CONF_DIR, dataset_for, run_trial, settings_for, trial_config
 
 CELLS_FILE = CONF_DIR / "fidelity.yaml"
 DLG_SUCCESS_PSNR = 30.0  # "success" in the DLG/iDLG cell: a near-exact reconstruction

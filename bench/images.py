@@ -39,3 +39,14 @@ def save_grid(images: torch.Tensor, path: Path, columns: int, padding: int = 2, 
     grid = image_grid(images.detach().cpu(), columns, padding, pad_value)
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
     Image.fromarray(pixels).save(path)
+
+
+def save_images(out_dir: Path, key: str, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
+    """A PNG grid for people (truth above, reconstruction below) and unpadded strips for the report's figures."""
+    k = min(columns, truth.shape[0])
+    for folder in ("grids", "strips"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    pair = torch.cat([truth[:k], reconstruction[:k]]).cpu()
+    save_grid(pair, out_dir / "grids" / f"{key}.png", columns=k, padding=1, pad_value=1.0)
+    save_grid(truth[:k], out_dir / "strips" / f"{key}-truth.png", columns=k, padding=0)
+    save_grid(reconstruction[:k], out_dir / "strips" / f"{key}-reconstruction.png", columns=k, padding=0)

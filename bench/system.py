@@ -1,4 +1,4 @@
-"""Process-level settings: fast attack loops on the CPU, reproducible numbers on CUDA."""
+"""Process-level settings: fast attack loops on the CPU, reproducible numbers on CUDA; which device, and its OOM."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import sys
 
 import torch
+
+from bench.errors import UserError
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
@@ -43,3 +45,28 @@ def configure_device(device: torch.device, *, allow_tf32: bool) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(name: str, profile: str = "quick") -> torch.device:
+    """The device ``name`` stands for; ``auto`` picks CUDA when present, but never runs paper budgets on a CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if profile == "paper":
+            raise UserError(
+                "profile=paper on a machine without a GPU runs for hours per trial; pass device=cpu to mean it"
+            )
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's, cuDNN's and cuBLAS's ways of running out of memory (the last two raise plain RuntimeErrors)."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory")
+    )

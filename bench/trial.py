@@ -33,12 +33,12 @@ from bench.data import ImageDataset, load_dataset
 from bench.defence_costs import defence_fields
 from bench.defences import defence_config, defence_from_config, defence_key
 from bench.errors import InfeasibleBatchError, UserError
-from bench.images import save_grid
+from bench.images import save_images
 from bench.metrics import LPIPSScorer, flat_colour_psnr, label_accuracy, match, psnr, score
 from bench.provenance import REPO_ROOT, device_name, environment
 from bench.sampler import min_feasible_dup_ratio, sample_batch
 from bench.stage import prepare_stage, stage_epochs
-from bench.system import configure_device
+from bench.system import configure_device, is_out_of_memory, pick_device
 from bench.training import prepare_model
 from methods.base import Attack, NotApplicableError, Observation, Reconstruction, get_method_class, is_reference
 from methods.budget import evaluations_so_far, metered
@@ -78,31 +78,6 @@ class TrialResult:
 def derive_seed(seed: int, stream: str) -> int:
     """Independent, reproducible seeds for the separate random streams of one trial."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:7], "little")
-
-
-def pick_device(name: str, profile: str = "quick") -> torch.device:
-    """The device ``name`` stands for; ``auto`` picks CUDA when present, but never runs paper budgets on a CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if profile == "paper":
-            raise UserError(
-                "profile=paper on a machine without a GPU runs for hours per trial; pass device=cpu to mean it"
-            )
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
-    return torch.device(name)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's, cuDNN's and cuBLAS's ways of running out of memory (the last two raise plain RuntimeErrors)."""
-    if isinstance(error, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        mark in text for mark in ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory")
-    )
 
 
 def group_node(group: str, name: str) -> dict[str, Any]:
@@ -509,14 +484,3 @@ def _finish(record: dict[str, Any], path: Path | None, started: float) -> dict[s
     if path is not None:
         rec.write_atomic(path, rec.canonical_json(record) + "\n")
     return record
-
-
-def save_images(out_dir: Path, key: str, truth: torch.Tensor, reconstruction: torch.Tensor, columns: int) -> None:
-    """A PNG grid for people (truth above, reconstruction below) and unpadded strips for the report's figures."""
-    k = min(columns, truth.shape[0])
-    for folder in ("grids", "strips"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    pair = torch.cat([truth[:k], reconstruction[:k]]).cpu()
-    save_grid(pair, out_dir / "grids" / f"{key}.png", columns=k, padding=1, pad_value=1.0)
-    save_grid(truth[:k], out_dir / "strips" / f"{key}-truth.png", columns=k, padding=0)
-    save_grid(reconstruction[:k], out_dir / "strips" / f"{key}-reconstruction.png", columns=k, padding=0)

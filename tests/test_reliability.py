@@ -1,9 +1,11 @@
 """Bad input gets one line and exit code 2; faults lose nothing; runs are reproducible."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import traceback
 
 import pytest
 import torch
@@ -49,8 +51,8 @@ BAD_INPUT = {
 
 
 # Run as real processes (exit status, and nothing else on stderr: no Hydra log line, no warning): one refused by the
-# command-line check, one by Hydra's composition, one inside a trial. The rest run in-process (``refused_in_process``):
-# the same ``cli()`` and the same one line, without a new interpreter's ~3 s start-up each.
+# command-line check, one by Hydra's composition, one inside a trial. The rest run ``cli()`` in a fork of the test's
+# process (``refused_in_a_fork``): the same code and the same one line, without a new interpreter's ~3 s start-up.
 IN_A_PROCESS = ("unknown method", "unknown launcher", "too few images in a class")
 
 
@@ -60,24 +62,43 @@ def refused_by_a_process(arguments: list[str]) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
-def refused_in_process(arguments: list[str], monkeypatch: pytest.MonkeyPatch, capfd) -> tuple[int, str]:
-    from hydra.core.global_hydra import GlobalHydra
+def refused_in_a_fork(arguments: list[str]) -> tuple[int, str]:
+    """``cli()`` in a forked copy of this process: the interpreter and its imports are already there, and whatever
+    Hydra does to logging and streams dies with the child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stderr into the pipe, stdout away, then the command line
+        code = 1
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            sys.stderr, sys.stdout = open(2, "w", closefd=False), open(1, "w", closefd=False)  # noqa: SIM115
+            os.chdir(REPO)  # as the processes run: relative paths resolve against the repository
+            sys.argv = ["bench.run", *arguments]
+            from hydra.core.global_hydra import GlobalHydra
 
-    from bench.run import cli
+            from bench.run import cli
 
-    monkeypatch.setattr(sys, "argv", ["bench.run", *arguments])
-    monkeypatch.chdir(REPO)  # as the processes run: relative paths resolve against the repository
-    GlobalHydra.instance().clear()
-    try:
-        with pytest.raises(SystemExit) as exit_:
+            GlobalHydra.instance().clear()
             cli()
-    finally:
-        GlobalHydra.instance().clear()
-    return exit_.value.code, capfd.readouterr().err
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        stderr = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, monkeypatch, capfd):
+def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path):
     overrides, expected = BAD_INPUT[case]
     arguments = ["quiet=true", "iterations=2", "device=cpu"]
     if not any(o.startswith("results_root=") for o in overrides):
@@ -85,7 +106,7 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, monkeypatch, cap
     if case in IN_A_PROCESS:
         code, stderr = refused_by_a_process([*arguments, *overrides])
     else:
-        code, stderr = refused_in_process([*arguments, *overrides], monkeypatch, capfd)
+        code, stderr = refused_in_a_fork([*arguments, *overrides])
     assert code == 2, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr

@@ -126,6 +126,7 @@ def test_a_tiny_stage_sweep_makes_the_table_and_figure(run_cli, tmp_path):
         "score_every=0",
         "dataset=cifar10_sample",
         "model=lenet",
+        "figures=true",
         f"hydra.sweep.dir={out}",
         f"cache_dir={tmp_path / 'cache'}",
         timeout=300,

@@ -22,10 +22,10 @@ def run_harness(model: str, batch_size: int, args: argparse.Namespace) -> dict[s
     """Time each harness piece of a trial with the functions bench.run uses (median of a few calls)."""
     from bench import records
     from bench.client import client_update
+    from bench.images import save_images
     from bench.metrics import LPIPSScorer, match, psnr, score
     from bench.sampler import sample_batch
     from bench.training import prepare_model
-    from bench.trial import save_images
 
     device = torch.device(args.device)
     dataset = default_dataset()

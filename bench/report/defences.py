@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import records as rec  # noqa: E402
+from bench.report.plotting import save  # noqa: E402
 
 # a reconstructed image counts as a success at this PSNR or above (dB)
 SUCCESS_PSNR = 20.0
@@ -279,12 +280,10 @@ def write_defence_report(out_dir: Path | str, figures: bool = True) -> str | Non
     if not figures:
         parts.append(f"\nFigures not drawn (figures=false): `python -m bench.report.defences {out_dir}` draws them.\n")
     for stem, (build, caption) in FIGURES.items() if figures else ():
-        figures_dir.mkdir(parents=True, exist_ok=True)
         figure = build(table)
         if figure is None:
             continue
-        for suffix in ("png", "pdf"):
-            figure.savefig(figures_dir / f"{stem}.{suffix}", dpi=200)
+        save(figure, figures_dir, stem)
         plt.close(figure)
         parts.append(f"\n![{caption}](figures/{stem}.png)\n\n_{caption}._\n")
     markdown = "\n".join(parts)

@@ -198,6 +198,6 @@ def write_report(out_dir: Path | str, success_psnr: float | None = None, figures
         drawn, problems = [], [f"figures=false: `python -m bench.report {out_dir}` draws them"]
     write_text(out_dir / "report.md", report_markdown(out_dir, trials, summary, drawn, problems, records))
     write_defence_report(out_dir, figures)  # defences.md and its figures, when the folder holds defended trials
-    write_stage_report(out_dir, success_psnr)  # stage.md and its figure, when the folder holds trained@E trials
-    write_fedavg_report(out_dir)  # fedavg.md and its figure, when the folder holds FedAvg trials
+    write_stage_report(out_dir, success_psnr, figures)  # stage.md and its figure, with trained@E trials
+    write_fedavg_report(out_dir, figures)  # fedavg.md and its figure, when the folder holds FedAvg trials
     return text

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from bench import records as rec  # noqa: E402
 from bench.report.defences import SUCCESS_PSNR  # noqa: E402
 from bench.report.order import method_order  # noqa: E402
+from bench.report.plotting import save  # noqa: E402
 from bench.report.styles import figure_style, method_styles  # noqa: E402
 
 COLUMNS = (
@@ -138,7 +139,7 @@ def steps_figure(table: pd.DataFrame) -> plt.Figure | None:
     return figure
 
 
-def write_fedavg_report(out_dir: Path | str) -> str | None:
+def write_fedavg_report(out_dir: Path | str, figures: bool = True) -> str | None:
     """Write ``fedavg.md``, ``fedavg.csv`` and the figure into ``out_dir``; None (writing nothing) when no trial
     there ran with a FedAvg client. Returns the markdown."""
     out_dir = Path(out_dir)
@@ -152,12 +153,9 @@ def write_fedavg_report(out_dir: Path | str) -> str | None:
         "gradients only are skipped on weight differences (docs/fedavg.md).\n",
         markdown_table(table),
     ]
-    figure = steps_figure(table)
+    figure = steps_figure(table) if figures else None
     if figure is not None:
-        figures_dir = out_dir / "figures"
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        for suffix in ("png", "pdf"):
-            figure.savefig(figures_dir / f"fedavg_steps.{suffix}", dpi=200)
+        save(figure, out_dir / "figures", "fedavg_steps")
         plt.close(figure)
         caption = "PSNR against the number of FedAvg local steps"
         parts.append(f"\n![{caption}](figures/fedavg_steps.png)\n\n_{caption}._\n")

@@ -160,7 +160,7 @@ def stage_figure(table: pd.DataFrame) -> Any:
     return figure
 
 
-def write_stage_report(out_dir: Path | str, success_psnr: float | None = None) -> str | None:
+def write_stage_report(out_dir: Path | str, success_psnr: float | None = None, figures: bool = True) -> str | None:
     """Write ``stage.md``, ``stage.csv`` and ``figures/stage.{png,pdf}`` into ``out_dir``; None (writing nothing)
     when no trial there ran at a ``trained@E`` checkpoint. Returns the Markdown."""
     out_dir = Path(out_dir)
@@ -177,7 +177,7 @@ def write_stage_report(out_dir: Path | str, success_psnr: float | None = None) -
         markdown_table(table),
     ]
     with figure_style():
-        figure = stage_figure(table)
+        figure = stage_figure(table) if figures else None
         if figure is not None:
             save(figure, out_dir / "figures", FIGURE_STEM)
             parts.append(f"\n![{CAPTION}](figures/{FIGURE_STEM}.png)\n\n_{CAPTION}._\n")
