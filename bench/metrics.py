@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -33,25 +34,55 @@ def match(reconstruction: Tensor, truth: Tensor) -> Tensor:
     return order.to(reconstruction.device)
 
 
-def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image PSNR in dB with data range 1 (piq); identical images give +inf."""
-    import piq  # here, not at the top: piq imports torchvision, ~1.5 s that a run failing on bad input never needs
+# PSNR and SSIM are piq's computations, op for op, so that the numbers are piq's to the last bit
+# (tests/test_metrics.py checks it): importing piq imports torchvision and torch._dynamo, about 2 s of CPU in
+# every process that scores a trial.
+_PSNR_EPS = 1e-8  # piq's guard against log10(0); exact matches are reported as +inf below
+_SSIM_SIGMA, _SSIM_K1, _SSIM_K2 = 1.5, 0.01, 0.03
 
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """Per-image PSNR in dB with data range 1 (piq's formula); identical images give +inf."""
     x, y = x.clamp(0, 1).double(), y.clamp(0, 1).double()
-    values = piq.psnr(x, y, data_range=1.0, reduction="none")
+    mse = torch.mean((x - y) ** 2, dim=[1, 2, 3])
+    values = -10 * torch.log10(mse + _PSNR_EPS)
     exact = (x - y).flatten(1).abs().amax(1) == 0
     return torch.where(exact, torch.full_like(values, math.inf), values)
 
 
-def ssim(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image SSIM (piq, 11x11 Gaussian window, shrunk for images smaller than the window)."""
-    import piq
+def _gaussian_window(size: int, channels: int, like: Tensor) -> Tensor:
+    coords = torch.arange(size, dtype=like.dtype, device=like.device)
+    coords -= (size - 1) / 2.0
+    squared = coords**2
+    window = (-(squared.unsqueeze(0) + squared.unsqueeze(1)) / (2 * _SSIM_SIGMA**2)).exp()
+    window /= window.sum()
+    return window.unsqueeze(0).repeat(channels, 1, 1, 1)
 
-    kernel = min(11, x.shape[-1], x.shape[-2])
-    kernel -= 1 - kernel % 2
-    return piq.ssim(
-        x.clamp(0, 1).double(), y.clamp(0, 1).double(), data_range=1.0, kernel_size=kernel, reduction="none"
-    )
+
+def ssim(x: Tensor, y: Tensor) -> Tensor:
+    """Per-image SSIM (Wang et al. 2004, as piq computes it): 11x11 Gaussian window (sigma 1.5, shrunk for images
+    smaller than it), valid region only, images of 384 px and more average-pooled by round(side / 256) first."""
+    x, y = x.clamp(0, 1).double(), y.clamp(0, 1).double()
+    factor = max(1, round(min(x.shape[-2:]) / 256))
+    if factor > 1:
+        x, y = F.avg_pool2d(x, kernel_size=factor), F.avg_pool2d(y, kernel_size=factor)
+    size = min(11, x.shape[-1], x.shape[-2])
+    size -= 1 - size % 2
+    channels = x.shape[1]
+    window = _gaussian_window(size, channels, x)
+
+    def local_mean(image: Tensor) -> Tensor:
+        return F.conv2d(image, weight=window, stride=1, padding=0, groups=channels)
+
+    c1, c2 = _SSIM_K1**2, _SSIM_K2**2
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    mu_xx, mu_yy, mu_xy = mu_x**2, mu_y**2, mu_x * mu_y
+    sigma_xx = local_mean(x**2) - mu_xx
+    sigma_yy = local_mean(y**2) - mu_yy
+    sigma_xy = local_mean(x * y) - mu_xy
+    contrast_structure = (2.0 * sigma_xy + c2) / (sigma_xx + sigma_yy + c2)
+    similarity = (2.0 * mu_xy + c1) / (mu_xx + mu_yy + c1) * contrast_structure
+    return similarity.mean(dim=(-1, -2)).mean(1)
 
 
 def flat_colour_psnr(truth: Tensor) -> list[float]:

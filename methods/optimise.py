@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 from methods.base import ProgressCallback, TracePoint, device_generator
 from methods.budget import count_evaluations, current_or_new_meter
 from methods.checkpoint import Stateful, active_checkpointer
+from methods.eager_optim import skip_dynamo_import
+
+skip_dynamo_import()
 
 
 class DivergenceError(RuntimeError):

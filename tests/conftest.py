@@ -61,12 +61,19 @@ def smoke_command(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory) -> Path:
-    """One real smoke sweep per test session, shared read-only: copy it before changing anything."""
+    """One real smoke sweep per test run, shared read-only by every xdist worker: copy it before changing anything."""
     import subprocess
 
-    out = tmp_path_factory.mktemp("smoke") / "sweep"
-    done = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()  # under xdist: <this run's folder>/popen-gw<N>, one per worker
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    out = shared / "smoke" / "sweep"
+    with FileLock(str(shared / "smoke.lock")):
+        if not (out.parent / "done").exists():
+            done = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stderr
+            (out.parent / "done").touch()
     return out
 
 

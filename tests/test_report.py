@@ -350,6 +350,17 @@ def test_bootstrap_ci_against_hand_computed_cases():
     assert all(math.isnan(v) for v in report.bootstrap_ci([5.0, 6.0, math.inf]))
 
 
+def test_wilson_interval_is_scipys_without_importing_it():
+    from scipy import stats
+
+    from bench.report.stats import wilson_interval
+
+    for n in range(1, 41):
+        for k in range(n + 1):
+            expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+            assert wilson_interval(k, n) == pytest.approx((expected.low, expected.high), rel=1e-12, abs=1e-15)
+
+
 def test_success_rate_and_its_interval_on_known_inputs(tmp_path):
     from bench.report.stats import proportion_interval
 

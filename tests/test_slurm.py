@@ -86,7 +86,10 @@ def cluster_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+# Session scope: pytest tears module fixtures down whenever its worker switches to another file's test, and the
+# xdist worker that holds the slurm group interleaves other files' tests with these (a torn-down slurm_smoke
+# re-ran its whole sweep).
+@pytest.fixture(scope="session")
 def cluster() -> None:
     problem = cluster_problem()
     if problem is None:
@@ -112,7 +115,7 @@ def job_logs(out: Path) -> str:
     return "".join(p.read_text() for p in sorted((out / ".submitit").glob("*/*_log.*")))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_smoke(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("slurm") / "smoke"
     return out, slurm_sweep(out)

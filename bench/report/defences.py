@@ -14,17 +14,16 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from bench import records as rec
+from bench.report.plotting import save
 
-from bench import records as rec  # noqa: E402
-from bench.report.plotting import save  # noqa: E402
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: the tables must not pay for it
+    from matplotlib.figure import Figure
 
 # a reconstructed image counts as a success at this PSNR or above (dB)
 SUCCESS_PSNR = 20.0
@@ -157,14 +156,19 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def _styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    import matplotlib
+
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     return {m: (colours[i % len(colours)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
 
 
-def _panels(count: int) -> tuple[plt.Figure, np.ndarray]:
+def _panels(count: int) -> tuple[Figure, np.ndarray]:
     columns = min(3, max(count, 1))
     rows = math.ceil(max(count, 1) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return figure, axes
@@ -174,7 +178,7 @@ def _defended(table: pd.DataFrame) -> list[str]:
     return [d for d in _order(table.defence.unique(), DEFENCE_ORDER) if d != "none"]
 
 
-def strength_figure(table: pd.DataFrame) -> plt.Figure | None:
+def strength_figure(table: pd.DataFrame) -> Figure | None:
     """PSNR against each defence's strength (stronger to the right), one curve per method; dashed: no defence."""
     defences = _defended(table)
     if not defences:
@@ -207,7 +211,7 @@ def strength_figure(table: pd.DataFrame) -> plt.Figure | None:
     return figure
 
 
-def utility_figure(table: pd.DataFrame, utility: str) -> plt.Figure | None:
+def utility_figure(table: pd.DataFrame, utility: str) -> Figure | None:
     """Privacy-utility: PSNR against ``utility`` (update_cosine or defended_train_accuracy), one curve per method
     per defence panel, through the defence's strengths; the undefended point as a star."""
     defences = _defended(table)
@@ -236,7 +240,7 @@ def utility_figure(table: pd.DataFrame, utility: str) -> plt.Figure | None:
     return figure
 
 
-def _legend(figure: plt.Figure, axes: np.ndarray) -> None:
+def _legend(figure: Figure, axes: np.ndarray) -> None:
     handles, labels = [], []
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -284,7 +288,6 @@ def write_defence_report(out_dir: Path | str, figures: bool = True) -> str | Non
         if figure is None:
             continue
         save(figure, figures_dir, stem)
-        plt.close(figure)
         parts.append(f"\n![{caption}](figures/{stem}.png)\n\n_{caption}._\n")
     markdown = "\n".join(parts)
     (out_dir / "defences.md").write_text(markdown)

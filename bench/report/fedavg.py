@@ -13,19 +13,18 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from bench import records as rec
+from bench.report.defences import SUCCESS_PSNR
+from bench.report.order import method_order
+from bench.report.plotting import save
+from bench.report.styles import figure_style, method_styles
 
-from bench import records as rec  # noqa: E402
-from bench.report.defences import SUCCESS_PSNR  # noqa: E402
-from bench.report.order import method_order  # noqa: E402
-from bench.report.plotting import save  # noqa: E402
-from bench.report.styles import figure_style, method_styles  # noqa: E402
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: the tables must not pay for it
+    from matplotlib.figure import Figure
 
 COLUMNS = (
     "method",
@@ -119,7 +118,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
 
 
-def steps_figure(table: pd.DataFrame) -> plt.Figure | None:
+def steps_figure(table: pd.DataFrame) -> Figure | None:
     """PSNR against the number of local steps, one curve per method that ran."""
     ran = table[table.n_trials > 0]
     if ran.empty:
@@ -127,7 +126,10 @@ def steps_figure(table: pd.DataFrame) -> plt.Figure | None:
     methods = method_order(ran.method.unique())
     styles = method_styles(methods)
     with figure_style():
-        figure, ax = plt.subplots()
+        from matplotlib.figure import Figure
+
+        figure = Figure()
+        ax = figure.subplots()
         for method in methods:
             line = ran[ran.method == method].sort_values("local_steps")
             style = styles[method]
@@ -156,7 +158,6 @@ def write_fedavg_report(out_dir: Path | str, figures: bool = True) -> str | None
     figure = steps_figure(table) if figures else None
     if figure is not None:
         save(figure, out_dir / "figures", "fedavg_steps")
-        plt.close(figure)
         caption = "PSNR against the number of FedAvg local steps"
         parts.append(f"\n![{caption}](figures/fedavg_steps.png)\n\n_{caption}._\n")
     markdown = "\n".join(parts)

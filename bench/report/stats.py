@@ -15,11 +15,11 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.report.columns import DEFAULT_SUCCESS_PSNR, PER_IMAGE, SUCCESS
 from bench.report.values import as_number, as_numbers
@@ -27,8 +27,20 @@ from bench.report.values import as_number, as_numbers
 CONFIDENCE = 0.95
 RESAMPLES = 9999  # scipy's default
 BOOTSTRAP_SEED = 0
-# scipy 1.15 renamed the seed argument of bootstrap from random_state to rng
-SEED_ARGUMENT = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+
+
+def _scipy_stats() -> Any:
+    # imported when an interval or a test is computed: scipy.stats costs over a second of start-up, and a sweep
+    # with one trial per cell (the smoke sweep, most CLI runs) never needs it
+    from scipy import stats
+
+    return stats
+
+
+def _seed(stats: Any) -> dict[str, np.random.Generator]:
+    # scipy 1.15 renamed the seed argument of bootstrap from random_state to rng
+    argument = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    return {argument: np.random.default_rng(BOOTSTRAP_SEED)}
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ def cached_ci(values: tuple[float, ...], resamples: int) -> tuple[float, float]:
         return math.nan, math.nan
     if (data == data[0]).all():
         return float(data[0]), float(data[0])
+    stats = _scipy_stats()
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             # BCa's acceleration is undefined for some small samples: scipy warns and returns NaN,
@@ -67,7 +80,7 @@ def cached_ci(values: tuple[float, ...], resamples: int) -> tuple[float, float]:
                 n_resamples=resamples,
                 confidence_level=CONFIDENCE,
                 method=method,
-                **{SEED_ARGUMENT: np.random.default_rng(BOOTSTRAP_SEED)},
+                **_seed(stats),
             )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if math.isfinite(low) and math.isfinite(high):
@@ -99,8 +112,22 @@ def proportion_interval(values: Sequence[float]) -> Interval:
     if not data:
         return Interval(math.nan, math.nan, math.nan, 0)
     successes = int(sum(data))
-    found = stats.binomtest(successes, len(data)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return Interval(successes / len(data), float(found.low), float(found.high), len(data))
+    low, high = wilson_interval(successes, len(data))
+    return Interval(successes / len(data), low, high, len(data))
+
+
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of ``successes`` in ``trials`` (no continuity correction): the formula of
+    scipy's ``binomtest(...).proportion_ci(method="wilson")`` (Newcombe 1998), without importing scipy.stats for
+    the single-trial cells of every small sweep (tests/test_stats.py checks it against scipy)."""
+    z = NormalDist().inv_cdf(0.5 + 0.5 * CONFIDENCE)
+    p = successes / trials
+    denominator = 2 * (trials + z**2)
+    centre = (2 * trials * p + z**2) / denominator
+    delta = z / denominator * math.sqrt(4 * trials * p * (1 - p) + z**2)
+    low = 0.0 if successes == 0 else centre - delta
+    high = 1.0 if successes == trials else centre + delta
+    return low, high
 
 
 def statistic_interval(trials: pd.DataFrame, statistic: str) -> Interval:
@@ -115,6 +142,7 @@ def curve_intervals(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nan = np.full(rows.shape[1], math.nan)
     if rows.shape[0] < 2 or not np.isfinite(rows).all():
         return nan, nan
+    stats = _scipy_stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
@@ -125,7 +153,7 @@ def curve_intervals(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             n_resamples=RESAMPLES,
             confidence_level=CONFIDENCE,
             method="percentile",
-            **{SEED_ARGUMENT: np.random.default_rng(BOOTSTRAP_SEED)},
+            **_seed(stats),
         )
     return np.asarray(result.confidence_interval.low), np.asarray(result.confidence_interval.high)
 
@@ -184,7 +212,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)  # ties at small n: scipy's note
             warnings.simplefilter("ignore", category=UserWarning)
-            p = float(stats.wilcoxon(finite).pvalue)
+            p = float(_scipy_stats().wilcoxon(finite).pvalue)
     return PairedDifference(
         float(left.mean()), float(right.mean()), float(differences.mean()), low, high, p, len(differences)
     )
