@@ -327,7 +327,7 @@ def afgi_claims(found: Finished, out_dir: Path) -> list[Claim]:
         if reference is None or not r.get("progress"):
             continue
         target = reference["psnr"]
-        reached = [seconds for _, seconds, value in r["progress"] if value >= target]
+        reached = [seconds for _, seconds, value, *_ in r["progress"] if value >= target]
         ratios.append(reached[0] / reference["attack_seconds"] if reached else math.inf)
     median = statistics.median(ratios) if ratios else math.nan
     return [
