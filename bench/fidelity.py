@@ -93,7 +93,7 @@ def seeds_covering_images(dataset: str, count: int | None = None) -> list[int]:
 def plan(cells: Mapping[str, Any], names: Sequence[str] | None = None, scale: str = "full") -> list[Planned]:
     """Every trial of the chosen cells, in a fixed order."""
     tiny = cells.get("tiny", {}) if scale == "tiny" else None
-    chosen = list(cells["cells"]) if not names else list(names)
+    chosen = [n for n, cell in cells["cells"].items() if not cell.get("optional")] if not names else list(names)
     unknown = [n for n in chosen if n not in cells["cells"]]
     if unknown:
         raise UserError(f"unknown fidelity cell {unknown[0]!r}; cells: {', '.join(cells['cells'])}")
@@ -359,8 +359,10 @@ JUDGES: dict[str, Callable[[Finished, Path], list[Claim]]] = {
 def claims_of(out_dir: Path, planned: Sequence[Planned]) -> list[Claim]:
     found = collect(out_dir, planned)
     claims: list[Claim] = []
+    cells = load_cells()["cells"]
     for cell, finished in found.items():
-        claims += JUDGES[cell](finished, out_dir) if cell in JUDGES else []
+        judge = JUDGES.get(cells.get(cell, {}).get("judge", cell))
+        claims += judge(finished, out_dir) if judge is not None else []
     return claims
 
 

@@ -19,10 +19,14 @@ def test_images_all_gives_each_image_its_first_seed():
 
 def test_plan_covers_every_cell_deterministically():
     cells = fidelity.load_cells()
-    planned = fidelity.plan(cells)
+    planned = fidelity.plan(cells, list(cells["cells"]))
     assert {p.cell for p in planned} == set(cells["cells"])
-    assert [fidelity.key_of(p.settings) for p in planned] == [fidelity.key_of(p.settings) for p in fidelity.plan(cells)]
+    assert [fidelity.key_of(p.settings) for p in planned] == [
+        fidelity.key_of(p.settings) for p in fidelity.plan(cells, list(cells["cells"]))
+    ]
     assert len({fidelity.key_of(p.settings) for p in planned}) == len(planned)  # no two cells share a trial
+    optional = {name for name, cell in cells["cells"].items() if cell.get("optional")}
+    assert optional and {p.cell for p in fidelity.plan(cells)} == set(cells["cells"]) - optional  # by name only
     dlg = [p for p in planned if p.cell == "dlg"]
     assert len(dlg) == 40 and {p.settings["method"]["name"] for p in dlg} == {"dlg", "idlg"}
     variants = {p.variant for p in planned if p.cell == "gradinversion"}
