@@ -266,6 +266,10 @@ def optimise(
                 bar.update(1)
                 if show:
                     bar.set_postfix(objective=f"{trace[-1].objective:.4g}", refresh=False)
+            # the objective is read before each step, so a last step that ends in NaN/inf would only show in the
+            # scoring of its images: check them where they are scored or returned
+            if (scoring or final) and not all(bool(torch.isfinite(v).all()) for v in variables):
+                raise DivergenceError(f"the reconstruction became NaN or inf at step {done}; lower the learning rate")
             if scoring:
                 paused = clock()
                 with torch.no_grad(), meter.paused():  # scoring is not the attack's time, nor its budget's
