@@ -44,6 +44,7 @@ class Planned:
     cell: str
     variant: str
     settings: dict[str, Any]
+    judge: str = ""  # the cell whose claims judge this one (the cell itself unless it names another: ``judge:``)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def plan(cells: Mapping[str, Any], names: Sequence[str] | None = None, scale: st
             given["model"] = {"name": model, "state": state} if isinstance(model, str) else model
             settings = settings_for(method, **given)
             settings["sweep_name"] = "fidelity"
-            planned.append(Planned(name, variant, settings))
+            planned.append(Planned(name, variant, settings, cell.get("judge", name)))
     return planned
 
 
@@ -358,11 +359,10 @@ JUDGES: dict[str, Callable[[Finished, Path], list[Claim]]] = {
 
 def claims_of(out_dir: Path, planned: Sequence[Planned]) -> list[Claim]:
     found = collect(out_dir, planned)
+    judges = {trial.cell: JUDGES.get(trial.judge or trial.cell) for trial in planned}
     claims: list[Claim] = []
-    cells = load_cells()["cells"]
     for cell, finished in found.items():
-        judge = JUDGES.get(cells.get(cell, {}).get("judge", cell))
-        claims += judge(finished, out_dir) if judge is not None else []
+        claims += judges[cell](finished, out_dir) if judges[cell] is not None else []
     return claims
 
 

@@ -27,6 +27,7 @@ def test_plan_covers_every_cell_deterministically():
     assert len({fidelity.key_of(p.settings) for p in planned}) == len(planned)  # no two cells share a trial
     optional = {name for name, cell in cells["cells"].items() if cell.get("optional")}
     assert optional and {p.cell for p in fidelity.plan(cells)} == set(cells["cells"]) - optional  # by name only
+    assert all(p.judge in fidelity.JUDGES for p in planned), "every cell is judged (by itself or by its judge:)"
     dlg = [p for p in planned if p.cell == "dlg"]
     assert len(dlg) == 40 and {p.settings["method"]["name"] for p in dlg} == {"dlg", "idlg"}
     variants = {p.variant for p in planned if p.cell == "gradinversion"}

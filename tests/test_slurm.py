@@ -86,9 +86,8 @@ def cluster_problem() -> str | None:
     return None
 
 
-# Session scope: pytest tears module fixtures down whenever its worker switches to another file's test, and the
-# xdist worker that holds the slurm group interleaves other files' tests with these (a torn-down slurm_smoke
-# re-ran its whole sweep).
+# Session scope: the SLURM sweep runs once per worker even if pytest tears module fixtures down in between (with
+# the xdist group split, as pytest 9.2 did silently, a module-scoped slurm_smoke ran its sweep twice).
 @pytest.fixture(scope="session")
 def cluster() -> None:
     problem = cluster_problem()
