@@ -127,7 +127,9 @@ def _on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     # every tensor is then written by _init_modules.
     with torch.device("meta"):
         model = factory()
-    return model.to_empty(device="cpu")
+    # torch.empty, not Module.to_empty: empty_like of a meta tensor goes through torch._refs, whose first call
+    # imports sympy (about 1 s of CPU in every process that builds a model)
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
 
 
 def _fan_in(weight: Tensor) -> int:

@@ -295,7 +295,14 @@ def cli() -> None:
             f"resume with the same command and the same output folder (hydra.sweep.dir=...):\n  {resume}",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # os._exit, not sys.exit: the status is 130 whatever interpreter shutdown does (the test suite once saw
+        # this path print its message and still end as killed by SIGINT); every record is already on disk
+        os._exit(130)
+    # Everything is written: a Ctrl-C that lands during interpreter shutdown would otherwise end a finished run
+    # as "killed by SIGINT" (shutdown restores the default action), with no message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

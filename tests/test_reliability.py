@@ -165,7 +165,7 @@ def test_resuming_with_an_incompatible_config_is_refused(finished, tmp_path):
 
     out = tmp_path / "sweep"
     shutil.copytree(finished, out)
-    done = subprocess.run(smoke(out, "model=lenet"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(smoke(out, "model=convnet"), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "holds an experiment with different model" in done.stderr
 

@@ -96,10 +96,12 @@ def kill_and_resume(out: Path, reference: Path, sig: signal.Signals, rounds: int
     outcomes = []
     for _ in range(rounds):
         outcome = signal_inside_a_trial(command, out, sig, chance.uniform(0, 1.2 * trial_seconds))
-        outcomes.append(outcome)
-        if not outcome.signalled:
+        if not outcome.signalled or outcome.returncode == 0:  # the run ended before the signal took effect
             assert outcome.returncode == 0, outcome.stderr
+            assert len(records(out)) == len(records(reference)), "a run that exits 0 has finished every trial"
+            outcomes.append(Round(False, False, 0, outcome.stderr))
             continue
+        outcomes.append(outcome)
         if sig == signal.SIGKILL:
             assert outcome.returncode == -signal.SIGKILL
         else:  # Ctrl-C: exit code 130 and how to resume, with the folder
