@@ -245,9 +245,7 @@ def check_command_line(arguments: list[str]) -> None:
             swept = _choices([f"{k}={v}" for k, v in params.items()]) | given
             base = [values[0] for values in swept.values()]
             combinations = [base] + [
-                [*base[:i], value, *base[i + 1 :]]
-                for i, values in enumerate(swept.values())
-                for value in values[1:]
+                [*base[:i], value, *base[i + 1 :]] for i, values in enumerate(swept.values()) for value in values[1:]
             ]
             for overrides in combinations:
                 cfg = compose("config", overrides=overrides)

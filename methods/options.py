@@ -121,7 +121,6 @@ def _range_problem(metadata: Mapping[str, Any], value: Any) -> str | None:
     return None
 
 
-
 def options_table(cls: type) -> str:
     """The Markdown table of a method's options (docs/methods/<name>.md embeds it; a test keeps it in sync)."""
     hints = typing.get_type_hints(cls) if option_fields(cls) else {}

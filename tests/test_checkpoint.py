@@ -36,6 +36,8 @@ SMALL = {
     "dlg": {"iterations": 4, "lbfgs_max_iter": 4, "model": "lenet"},
     "idlg": {"iterations": 4, "lbfgs_max_iter": 4, "model": "lenet"},
 }
+
+
 def _stage_two(state: dict) -> bool:
     return state["running"] is not None and state["running"]["state"][0]["full"]
 

@@ -57,7 +57,13 @@ def test_every_method_gives_identical_records_and_tensors_twice_in_one_process(m
 
     def run() -> gb.TrialResult:
         return gb.trial(
-            method, batch_size=2, iterations=ITERATIONS, threads=1, device="cpu", quiet=True, score_every=2,
+            method,
+            batch_size=2,
+            iterations=ITERATIONS,
+            threads=1,
+            device="cpu",
+            quiet=True,
+            score_every=2,
             **API_OPTIONS.get(method, {}),
         )
 

@@ -24,8 +24,14 @@ def test_api_record_equals_the_command_line_record(run_cli, tmp_path):
     import gia_bench as gb
 
     api = gb.trial("idlg", batch_size=2, iterations=3, quiet=True, device="cpu", out_dir=tmp_path / "api")
-    done = run_cli("sweep=none", "method=idlg", "batch_size=2", "iterations=3", "device=cpu",
-                   f"hydra.run.dir={tmp_path}/results/cli")
+    done = run_cli(
+        "sweep=none",
+        "method=idlg",
+        "batch_size=2",
+        "iterations=3",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path}/results/cli",
+    )
     assert done.returncode == 0, done.stderr
     (path,) = (tmp_path / "results" / "cli" / "records").glob("*.json")
     cli = json.loads(path.read_text())

@@ -189,6 +189,7 @@ def convergence_figures(
     setting = representative(scored, [c for c in varying if c != "batch_size"])
     everything = select(ok, setting)  # the reference methods, unscored, give the floors
     panels = facets(select(scored, setting), ["batch_size"] if "batch_size" in varying else [])
+
     def curves_of(points: Mapping[str, list[tuple[float, float, float]]]) -> list[list[tuple[str, pd.DataFrame]]]:
         return [
             [
