@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,19 @@ def register_configs() -> None:
     store.store(name="settings", node=schema.defaults())
     for name in list_methods():
         store.store(group="method", name=name, node=method_node(name))
+
+
+def register_sweeper() -> None:
+    """Make ``conf/config.yaml``'s sweeper known to Hydra from any working directory.
+
+    Hydra finds plugins by scanning ``hydra_plugins`` on sys.path, which misses an editable install run from another
+    folder. The scan also re-executes Hydra's own plugin modules, so the subclass is imported after it, on the
+    ``BasicSweeper`` that Hydra will use.
+    """
+    plugins = Plugins.instance()
+    from hydra_plugins.gia_bench_sweeper import CheckedSweeper
+
+    plugins.register(CheckedSweeper)
 
 
 def all_methods() -> str:
@@ -276,6 +290,7 @@ def cli() -> None:
     try:
         load_plugins(_plugins_argument(arguments))
         register_configs()
+        register_sweeper()
         check_command_line(arguments)
     except (UserError, HydraException) as error:
         _refuse(error if isinstance(error, UserError) else translate(error, arguments), debug)

@@ -53,11 +53,17 @@ def strip(out: Path, key: str, part: str) -> np.ndarray:
 def test_least_duplication_at_batch_48(run_cli, tmp_path):
     """dup_ratio=least at B = 48 on crops (images in 19 of its classes): 19 distinct labels, r = (48 - 19) / 47.
 
-    iDLG with one iteration: the cheapest attack trial that still draws, attacks, scores and records the batch.
+    iDLG with one iteration on LeNet: the cheapest attack trial that still draws, attacks, scores and records the batch.
     """
     out = tmp_path / "least"
     done = run_cli(
-        "sweep=none", "method=idlg", "iterations=1", "batch_size=48", "dup_ratio=least", f"hydra.run.dir={out}"
+        "sweep=none",
+        "method=idlg",
+        "model=lenet",
+        "iterations=1",
+        "batch_size=48",
+        "dup_ratio=least",
+        f"hydra.run.dir={out}",
     )
     assert done.returncode == 0, done.stderr
     (record,) = records(out)

@@ -82,6 +82,7 @@ def test_diverging_trials_are_recorded_as_failed_and_the_sweep_completes(run_cli
         "model=convnet",  # on the smoke sweep's sigmoid LeNet the saturated units keep even this step finite
         "iterations=2",
         f"hydra.sweep.dir={out}",
+        cwd=tmp_path,  # and from outside the checkout: Hydra's plugin scan alone would not find our sweeper there
     )
     assert done.returncode == 0, done.stderr
     got = list(records(out).values())
