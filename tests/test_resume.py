@@ -13,6 +13,7 @@ metrics, traces, labels, config, environment, must be equal, and the grids byte 
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import statistics
@@ -69,7 +70,16 @@ def trial_in_progress(out: Path, before: dict[Path, int]) -> dict | None:
 
 def signal_inside_a_trial(command: list[str], out: Path, sig: signal.Signals, delay: float) -> Round:
     before = job_starts(out)
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell without job control starts background commands with SIGINT ignored, and the child would inherit
+        # that (Python then installs no KeyboardInterrupt handler): give the sweep the terminal's default
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 600
     while process.poll() is None and time.monotonic() < deadline:
         if records(out) and trial_in_progress(out, before):
