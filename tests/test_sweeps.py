@@ -109,3 +109,25 @@ def test_infeasible_cells_are_skipped_with_a_reason(run_cli, tmp_path):
     by_batch = {r["batch_size"]: r for r in records(out).values()}
     assert by_batch[2]["status"] == "ok"
     assert by_batch[12]["status"] == "skipped" and "distinct classes" in by_batch[12]["reason"]
+
+
+def test_the_sweeper_composes_no_job_before_the_launcher_does():
+    """Hydra's basic sweeper composes every combination upfront; ours leaves it to bench.run's check and the
+    launcher (the composition is the cost: hydra_plugins/gia_bench_sweeper)."""
+    from types import SimpleNamespace
+
+    from bench.run import register_sweeper
+
+    register_sweeper()  # Hydra's plugin scan re-executes basic_sweeper: import both classes after it
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    from hydra_plugins.gia_bench_sweeper import CheckedSweeper
+
+    composed = []
+    context = SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=lambda **job: composed.append(job)))
+    batch = [["method=dlg", "batch_size=1"], ["method=idlg", "batch_size=2"]]
+    for sweeper_class in (BasicSweeper, CheckedSweeper):
+        sweeper = sweeper_class(max_batch_size=None, params=None)
+        sweeper.hydra_context, sweeper.config = context, {}
+        sweeper.validate_batch_is_legal(batch)
+    assert len(composed) == len(batch)  # Hydra's own sweeper composed each job; ours none
