@@ -1,4 +1,4 @@
-"""torch.optim without importing torch._dynamo where torch allows it: about 2 s of CPU less per L-BFGS process.
+"""torch.optim without importing torch._dynamo: 1-2 s of CPU less per process that runs an attack.
 
 torch wraps the methods of ``torch.optim.Optimizer`` and the functional optimiser steps (``adam``, ``sgd``, ...) in
 ``torch._disable_dynamo``, whose first call imports ``torch._dynamo`` (and with it most of the compiler stack) only
@@ -9,14 +9,20 @@ process: as much CPU as importing torch itself, on every trial, every SLURM job 
 cache with the function itself makes the wrapper call the function directly. The only behaviour that changes is
 under ``torch.compile`` of code that steps an optimiser, which gia-bench never does (IG's ``compile_loss``
 compiles the loss terms only). Nothing is touched once ``torch._dynamo`` is loaded, so a process that compiles
-first keeps torch's own markers. Adam's ``step`` imports ``torch._dynamo`` itself, unconditionally, so Adam-based
-attacks still pay the import; L-BFGS (DLG, iDLG: the smoke sweep, most CLI runs and SLURM jobs) no longer does.
+first keeps torch's own markers. (``torch.func`` transforms import it themselves: the vmapped paths of IG and
+GradInversion still pay for it.)
+
+Adam's ``step`` is wrapped once more, in ``_use_grad_for_differentiable``, which imports ``torch._dynamo`` on every
+call to place a graph break for the compiler, then sets the grad mode to ``differentiable`` (False unless asked).
+``EagerAdam`` is torch's Adam whose ``step`` runs torch's own step function under ``torch.no_grad()`` without that
+wrapper: the same arithmetic, bit for bit (tests/test_eager_optim.py), the same state_dict.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -39,3 +45,16 @@ def skip_dynamo_import() -> int:
                 setattr(wrapped, _CACHE, wrapped)
                 filled += 1
     return filled
+
+
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # torch's step itself, below its decorators
+
+
+class EagerAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` stepped without the wrapper that imports ``torch._dynamo`` (see the module docstring)."""
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        if self.defaults["differentiable"]:  # a differentiable step needs torch's own grad handling
+            return super().step(closure)
+        with torch.no_grad():
+            return _ADAM_STEP(self, closure)

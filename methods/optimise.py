@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from methods.base import ProgressCallback, TracePoint, device_generator
 from methods.budget import count_evaluations, current_or_new_meter
 from methods.checkpoint import Stateful, active_checkpointer
-from methods.eager_optim import skip_dynamo_import
+from methods.eager_optim import EagerAdam, skip_dynamo_import
 
 skip_dynamo_import()
 
@@ -158,7 +158,7 @@ def optimise(
         budget.close()
         return [TracePoint(int(row[0]), row[1], row[2], int(row[3]) if len(row) > 3 else 0) for row in rows]
     if config.optimiser == "adam":
-        optimiser: torch.optim.Optimizer = torch.optim.Adam(variables, lr=config.lr)
+        optimiser: torch.optim.Optimizer = EagerAdam(variables, lr=config.lr)
     else:
         optimiser = torch.optim.LBFGS(
             variables, lr=config.lr, max_iter=config.lbfgs_max_iter, line_search_fn=config.lbfgs_line_search
