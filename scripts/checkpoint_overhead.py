@@ -68,12 +68,18 @@ def main() -> None:
             checkpointed.append(seconds)
             per_write.append(checkpointer.write_seconds / checkpointer.writes)
             sizes.append(checkpoint_path(Path(folder), "overhead").stat().st_size)
-    print(f"{args.method} {args.model} B={args.batch_size} {options or ''}: {iterations} iterations, "
-          f"a checkpoint every {args.every}")
-    print(f"  per checkpoint: {1000 * statistics.median(per_write):.2f} ms (median of {args.rounds} runs' means), "
-          f"{max(sizes) / 2**20:.2f} MiB")
-    print(f"  per iteration: {1000 * min(plain) / iterations:.2f} ms without, "
-          f"{1000 * min(checkpointed) / iterations:.2f} ms with checkpoints (best of {args.rounds})")
+    print(
+        f"{args.method} {args.model} B={args.batch_size} {options or ''}: {iterations} iterations, "
+        f"a checkpoint every {args.every}"
+    )
+    print(
+        f"  per checkpoint: {1000 * statistics.median(per_write):.2f} ms (median of {args.rounds} runs' means), "
+        f"{max(sizes) / 2**20:.2f} MiB"
+    )
+    print(
+        f"  per iteration: {1000 * min(plain) / iterations:.2f} ms without, "
+        f"{1000 * min(checkpointed) / iterations:.2f} ms with checkpoints (best of {args.rounds})"
+    )
 
 
 if __name__ == "__main__":
