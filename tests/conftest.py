@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,53 @@ def run_cli(tmp_path):
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def refused(tmp_path):
+    """``refused(*overrides)``: the exit code and stderr of the command line ``run_cli`` would run, run as ``cli()``
+    in a fork of this process (``refused_in_a_fork``), for the one-line errors of bad input."""
+
+    def run(*overrides: str) -> tuple[int, str]:
+        arguments = [f"results_root={tmp_path}/results", "quiet=true", *CPU, *without_figures(overrides), *overrides]
+        return refused_in_a_fork(arguments)
+
+    return run
+
+
+def refused_in_a_fork(arguments: list[str]) -> tuple[int, str]:
+    """``cli()`` in a forked copy of this process: the interpreter and its imports are already there, and whatever
+    Hydra does to logging and streams dies with the child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: stderr into the pipe, stdout away, then the command line
+        code = 1
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            sys.stderr, sys.stdout = open(2, "w", closefd=False), open(1, "w", closefd=False)  # noqa: SIM115
+            os.chdir(REPO)  # as the processes run: relative paths resolve against the repository
+            sys.argv = ["bench.run", *arguments]
+            from hydra.core.global_hydra import GlobalHydra
+
+            from bench.run import cli
+
+            GlobalHydra.instance().clear()
+            cli()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        stderr = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
 
 
 def without_figures(overrides: tuple[str, ...] | list[str]) -> list[str]:

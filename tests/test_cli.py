@@ -98,8 +98,8 @@ def test_smoke_sweep_and_resume(smoke_results, tmp_path):
     assert "[2/2, 0 left]" in narrowed.stdout and "/4" not in narrowed.stdout
 
 
-def test_unknown_method_is_one_line_and_exit_2(run_cli):
-    done = run_cli("sweep=none", "method=external", "method.name=nope")
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+def test_unknown_method_is_one_line_and_exit_2(refused):
+    code, stderr = refused("sweep=none", "method=external", "method.name=nope")
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown method 'nope'" in lines[0] and "idlg" in lines[0]

@@ -229,10 +229,10 @@ def test_undefended_trials_keep_their_keys():
 @pytest.mark.parametrize(
     "override", ["defence.sigma=-1", "defence.relative=maybe"], ids=["negative-sigma", "relative-not-bool"]
 )
-def test_bad_gaussian_strength_is_one_line_and_exit_2(run_cli, override):
-    done = run_cli("sweep=none", "defence=gaussian", override)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+def test_bad_gaussian_strength_is_one_line_and_exit_2(refused, override):
+    code, stderr = refused("sweep=none", "defence=gaussian", override)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: bad strength for defence 'gaussian'")
 
 
@@ -244,10 +244,10 @@ def test_bad_gaussian_strength_is_one_line_and_exit_2(run_cli, override):
     ],
     ids=["p-above-one", "zero-bits"],
 )
-def test_bad_prune_and_bits_are_one_line_and_exit_2(run_cli, overrides, message):
-    done = run_cli("sweep=none", *overrides)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+def test_bad_prune_and_bits_are_one_line_and_exit_2(refused, overrides, message):
+    code, stderr = refused("sweep=none", *overrides)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message)
 
 

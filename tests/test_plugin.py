@@ -35,14 +35,15 @@ def test_external_method_from_the_docs_runs_through_the_cli(run_cli, tmp_path):
     assert record["label_accuracy"] == 1.0 and record["psnr"] > 8
 
 
-def test_an_option_the_method_lacks_is_a_one_line_error(run_cli, tmp_path):
+def test_an_option_the_method_lacks_is_a_one_line_error(refused, tmp_path):
     plugin = tmp_path / "my_attack.py"
     plugin.write_text(example_source())
-    done = run_cli(
+    code, stderr = refused(
         f"plugins=[{plugin}]", "method=external", "method.name=cosine_tv", "sweep=none", "+method.params.nope=1"
     )
-    assert done.returncode == 2
-    assert "has no option nope" in done.stderr and "tv_weight" in done.stderr
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "has no option nope" in stderr and "tv_weight" in stderr
 
 
 def test_a_method_in_one_temporary_file_runs_through_a_sweep_the_report_and_perf(run_cli, tmp_path):

@@ -1,11 +1,9 @@
 """Bad input gets one line and exit code 2; faults lose nothing; runs are reproducible."""
 
 import json
-import os
 import re
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from bench.errors import UserError
 from bench.models import build_model
 from bench.run import check_command_line
 from methods.base import GradientError, Observation
-from tests.conftest import REPO, smoke_command
+from tests.conftest import REPO, refused_in_a_fork, smoke_command
 from tests.test_sweeps import comparable, records
 
 BAD_INPUT = {
@@ -60,41 +58,6 @@ def refused_by_a_process(arguments: list[str]) -> tuple[int, str]:
     command = [sys.executable, "-m", "bench.run", *arguments]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stderr
-
-
-def refused_in_a_fork(arguments: list[str]) -> tuple[int, str]:
-    """``cli()`` in a forked copy of this process: the interpreter and its imports are already there, and whatever
-    Hydra does to logging and streams dies with the child."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: stderr into the pipe, stdout away, then the command line
-        code = 1
-        try:
-            os.close(read_end)
-            os.dup2(write_end, 2)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            sys.stderr, sys.stdout = open(2, "w", closefd=False), open(1, "w", closefd=False)  # noqa: SIM115
-            os.chdir(REPO)  # as the processes run: relative paths resolve against the repository
-            sys.argv = ["bench.run", *arguments]
-            from hydra.core.global_hydra import GlobalHydra
-
-            from bench.run import cli
-
-            GlobalHydra.instance().clear()
-            cli()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        stderr = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), stderr
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))

@@ -184,10 +184,10 @@ def test_bad_composition_or_alpha(crops, composition, alpha, match):
         sample_batch(crops.labels, crops.num_classes, 8, 0.5, 0, composition, alpha)
 
 
-def test_bad_composition_is_one_line_and_exit_2(run_cli):
-    done = run_cli("sweep=none", "method=noise", "composition=dirichlet", "alpha=-1")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: alpha=-1 is not valid; give a value > 0, e.g. alpha=0.5"]
+def test_bad_composition_is_one_line_and_exit_2(refused):
+    code, stderr = refused("sweep=none", "method=noise", "composition=dirichlet", "alpha=-1")
+    assert code == 2, stderr
+    assert stderr.strip().splitlines() == ["error: alpha=-1 is not valid; give a value > 0, e.g. alpha=0.5"]
 
 
 def test_composition_joins_the_trial_key_only_when_skewed():

@@ -108,10 +108,10 @@ def test_good_states_parse():
     assert [stage_epochs(s) for s in ("untrained", "trained", "trained@0", "trained@20")] == [None, None, 0, 20]
 
 
-def test_a_bad_state_on_the_command_line_is_one_line_and_exit_2(run_cli):
-    done = run_cli("sweep=stage", "method=mean", "model.state=trained@0,trained@x")
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+def test_a_bad_state_on_the_command_line_is_one_line_and_exit_2(refused):
+    code, stderr = refused("sweep=stage", "method=mean", "model.state=trained@0,trained@x")
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.state='trained@x' is not valid")
 
 
