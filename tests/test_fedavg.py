@@ -178,7 +178,7 @@ def test_fedsgd_trials_keep_their_keys_and_the_yaml_matches_the_schema():
     }
 
 
-def test_a_fedavg_trial_from_the_command_line_records_its_client(run_cli, tmp_path):
+def test_a_fedavg_trial_from_the_command_line_records_its_client(run_cli, refused, tmp_path):
     out = tmp_path / "one"
     done = run_cli(
         "sweep=none",
@@ -204,6 +204,6 @@ def test_a_fedavg_trial_from_the_command_line_records_its_client(run_cli, tmp_pa
     )
     assert record["config"]["client"]["local_steps"] == 2
     assert (out / "fedavg.md").is_file()
-    bad = run_cli("sweep=none", "batch_size=2", "client=fedavg", "client.local_batch_size=4")
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
-    assert "client.local_batch_size=4 is larger than batch_size=2" in bad.stderr
+    code, stderr = refused("sweep=none", "batch_size=2", "client=fedavg", "client.local_batch_size=4")
+    assert code == 2 and stderr.strip().count("\n") == 0, stderr
+    assert "client.local_batch_size=4 is larger than batch_size=2" in stderr
