@@ -6,6 +6,7 @@ sits under the file name torchvision's loader (and so ``lpips``) looks for, in a
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,15 +17,22 @@ from bench.data import load_dataset
 from bench.metrics import ALEXNET_FILE, LPIPSScorer, score
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    home = tmp_path / "torch_home"
+@pytest.fixture(scope="module")
+def alexnet_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME holding a randomly initialised AlexNet checkpoint (seed 0), written once for this file."""
+    home = tmp_path_factory.mktemp("torch_home")
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / ALEXNET_FILE)
-    monkeypatch.setenv("TORCH_HOME", str(home))  # also reaches the CLI subprocesses, which copy os.environ
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.alexnet().state_dict(), checkpoints / ALEXNET_FILE)
     return home
+
+
+@pytest.fixture
+def torch_home(alexnet_home, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(alexnet_home))  # also reaches the CLI subprocesses, which copy os.environ
+    return alexnet_home
 
 
 def images(n: int) -> torch.Tensor:
