@@ -18,6 +18,8 @@ from methods.base import get_method_class, is_reference, list_methods
 from methods.budget import Budget, iterations_within
 from methods.options import resolve_options
 
+pytestmark = pytest.mark.xdist_group("budget")  # one worker: the memory estimates below are made once
+
 ATTACKS = [name for name in list_methods() if not is_reference(get_method_class(name))]
 QUICK_EVALUATIONS = 240  # docs/budgets.md: what every method spends in the quick profile
 

@@ -16,6 +16,8 @@ import torchvision
 from bench.data import load_dataset
 from bench.metrics import ALEXNET_FILE, LPIPSScorer, score
 
+pytestmark = pytest.mark.xdist_group("lpips")  # one worker: the module's checkpoint is written once
+
 
 @pytest.fixture(scope="module")
 def alexnet_home(tmp_path_factory) -> Path:

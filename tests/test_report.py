@@ -17,6 +17,8 @@ import pytest
 
 from bench import report
 
+# one worker runs this file, so the module's ``results`` (a report with every figure) is drawn once, not per worker
+pytestmark = pytest.mark.xdist_group("report")
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = (
     "psnr_vs_batch_size",
