@@ -239,10 +239,11 @@ def client_round(
     client's (FedAvg's shuffle); the runner seeds both from the trial seed.
     """
     client = client if client is not None else FedSGD()
-    if not isinstance(client, FedSGD) and defence is not None and defence.name != "none":
+    if not isinstance(client, FedSGD) and defence is not None and not getattr(defence, "update_only", False):
         raise NotApplicableError(
-            f"defence {defence.name!r} with client={client.name}: defences act on FedSGD gradients only so far "
-            "(docs/fedavg.md); use defence=none or client=fedsgd"
+            f"defence {defence.name!r} with client={client.name}: it acts on the FedSGD gradient of the batch, not on "
+            "a weight difference (docs/fedavg.md); on fedavg use an update-level defence (clip, gaussian, prune, "
+            "quantise), or client=fedsgd"
         )
     attacker_model = freeze_running_statistics(copy.deepcopy(model)).train(mode == "train")
     for param in attacker_model.parameters():

@@ -3,9 +3,11 @@
 A defence is a dataclass registered by name with :func:`register_defence`; its fields are its strength
 parameters, checked in ``__post_init__`` (a bad value is a ``ValueError`` that :func:`build_defence` turns
 into a one-line ``UserError``). ``apply`` maps the client's :class:`ClientBatch` (its model, normalised
-inputs, labels and plain gradients) to the defended gradients. All randomness comes from the
-``torch.Generator`` passed in, which the runner seeds from the trial seed; the global RNG is never read.
-docs/defences.md describes every defence, the threat model and the deviations from the papers.
+inputs, labels and plain update) to the defended update. A defence with ``update_only = True`` reads the
+update alone, so it also defends a FedAvg client's weight difference; the others act on the FedSGD gradient
+of the batch. All randomness comes from the ``torch.Generator`` passed in, which the runner seeds from the
+trial seed; the global RNG is never read. docs/defences.md describes every defence, the threat model and the
+deviations from the papers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ Gradients = tuple[Tensor, ...]
 @dataclass(frozen=True)
 class ClientBatch:
     """What a defence may read: the client's model (in its train/eval mode), its normalised inputs (B, C, H, W),
-    labels (B,) and the plain update (the gradients of the mean cross-entropy, in ``model.parameters()`` order)."""
+    labels (B,) and the plain update in ``model.parameters()`` order: the gradients of the mean cross-entropy
+    (FedSGD), or the weight difference after the local steps (FedAvg; only ``update_only`` defences see one)."""
 
     model: nn.Module
     inputs: Tensor
@@ -41,6 +44,8 @@ class ClientBatch:
 
 class Defence(Protocol):
     name: ClassVar[str]
+    # reads only batch.gradients, so it applies to any update, a FedAvg weight difference too (absent: False)
+    update_only: ClassVar[bool]
 
     def apply(self, batch: ClientBatch, generator: torch.Generator) -> Gradients: ...
 
@@ -181,6 +186,7 @@ class NoDefence:
     """The update as computed."""
 
     name: ClassVar[str] = "none"
+    update_only: ClassVar[bool] = True
 
     def apply(self, batch: ClientBatch, generator: torch.Generator) -> Gradients:
         return batch.gradients
@@ -192,6 +198,7 @@ class Clip:
     """Scale the update so that its global L2 norm is at most ``max_norm``."""
 
     name: ClassVar[str] = "clip"
+    update_only: ClassVar[bool] = True
     max_norm: float = 1.0
 
     def __post_init__(self) -> None:
@@ -209,6 +216,7 @@ class Gaussian:
     so that the noise's norm is about ``sigma`` times the update's norm."""
 
     name: ClassVar[str] = "gaussian"
+    update_only: ClassVar[bool] = True
     sigma: float = 0.01
     relative: bool = False
 
@@ -268,6 +276,7 @@ class DPSGD:
     N(0, (noise_multiplier * max_norm)^2) per entry, divided by the batch size."""
 
     name: ClassVar[str] = "dpsgd"
+    update_only: ClassVar[bool] = False  # per-example clipping inside the gradient computation
     max_norm: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5
@@ -299,6 +308,7 @@ class Prune:
     """Zero the fraction ``p`` (rounded down) of each layer's entries with the smallest magnitudes."""
 
     name: ClassVar[str] = "prune"
+    update_only: ClassVar[bool] = True
     p: float = 0.5
 
     def __post_init__(self) -> None:
@@ -321,6 +331,7 @@ class Quantise:
     nearest of 2^k evenly spaced levels between the layer's minimum and maximum."""
 
     name: ClassVar[str] = "quantise"
+    update_only: ClassVar[bool] = True
     bits: int = 8
 
     def __post_init__(self) -> None:
@@ -365,6 +376,7 @@ class Soteria:
     input furthest per unit change of r)."""
 
     name: ClassVar[str] = "soteria"
+    update_only: ClassVar[bool] = False  # scores the batch's representation
     p: float = 0.4
 
     def __post_init__(self) -> None:

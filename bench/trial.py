@@ -98,12 +98,13 @@ def method_node(name: str) -> dict[str, Any]:
 def settings_for(method: str = "ig", **given: Any) -> dict[str, Any]:
     """Complete settings from keyword arguments, as the Hydra runner composes them from its config.
 
-    Keys of the schema (``bench.config``) are settings; ``dataset`` and ``model`` take a name or a mapping
-    (``{"name": "convnet", "state": "trained"}``); every other keyword is an option of ``method``.
+    Keys of the schema (``bench.config``) are settings; ``dataset``, ``model``, ``client`` and ``defence`` take a
+    name or a mapping (``{"name": "convnet", "state": "trained"}``, ``{"name": "clip", "max_norm": 0.1}``); every
+    other keyword is an option of ``method``.
     """
     settings = schema.defaults()
     settings["sweep_name"] = "api"
-    for group, default in (("dataset", "crops"), ("model", "convnet"), ("client", "fedsgd")):
+    for group, default in (("dataset", "crops"), ("model", "convnet"), ("client", "fedsgd"), ("defence", "none")):
         spec = given.pop(group, default)
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
         settings[group] = {**group_node(group, spec["name"]), **spec}

@@ -207,3 +207,67 @@ def test_a_fedavg_trial_from_the_command_line_records_its_client(run_cli, refuse
     code, stderr = refused("sweep=none", "batch_size=2", "client=fedavg", "client.local_batch_size=4")
     assert code == 2 and stderr.strip().count("\n") == 0, stderr
     assert "client.local_batch_size=4 is larger than batch_size=2" in stderr
+
+
+def test_update_level_defences_act_on_the_weight_difference_and_the_others_are_skipped(crops):
+    """clip, gaussian, prune and quantise read only the update, so a FedAvg client applies them to its weight
+    difference exactly as to a gradient; DP-SGD and Soteria act inside the FedSGD gradient computation."""
+    from bench.client import client_round
+    from bench.defences import DEFENCES, ClientBatch, build_defence, global_norm
+
+    model, client = lenet(crops), FedAvg(2, 0.1, 1, 2)
+    images, labels = crops.batch(torch.tensor([0, 9]))
+
+    def defended(defence):
+        return client_round(
+            model,
+            images,
+            labels,
+            mean=crops.mean,
+            std=crops.std,
+            num_classes=crops.num_classes,
+            defence=defence,
+            defence_generator=torch.Generator().manual_seed(5),
+            client=client,
+            client_generator=torch.Generator().manual_seed(0),
+        )
+
+    strengths = {"clip": {"max_norm": 1e-3}, "gaussian": {"sigma": 1e-3}, "prune": {"p": 0.7}, "quantise": {"bits": 2}}
+    assert {name for name in DEFENCES if DEFENCES.get(name).update_only} == {"none", *strengths}
+    plain = defended(build_defence("none"))
+    assert plain.observation.is_weight_difference and plain.update_cosine == pytest.approx(1.0, abs=1e-12)
+    for name, params in strengths.items():
+        defence = build_defence(name, **params)
+        round_ = defended(defence)
+        assert round_.observation.is_weight_difference
+        assert all(torch.equal(a, b) for a, b in zip(round_.undefended, plain.observation.gradients, strict=True))
+        batch = ClientBatch(model=model, inputs=images, labels=labels, gradients=round_.undefended)
+        expected = defence.apply(batch, torch.Generator().manual_seed(5))
+        assert all(torch.equal(a, b) for a, b in zip(round_.observation.gradients, expected, strict=True)), name
+        assert round_.update_cosine < 1 or name == "clip", name
+    clipped = defended(build_defence("clip", max_norm=1e-3))
+    assert float(global_norm(clipped.observation.gradients)) == pytest.approx(1e-3, rel=1e-5)
+    assert clipped.update_cosine == pytest.approx(1.0, abs=1e-9)
+    for name in ("dpsgd", "soteria"):
+        with pytest.raises(NotApplicableError, match="not on a weight difference"):
+            defended(build_defence(name))
+    # through the trial pipeline: the defended weight difference is attacked and recorded, DP-SGD is skipped
+    fedavg = {"name": "fedavg", "local_steps": 2, "local_batch_size": 1}
+    records = {
+        name: gb.trial(
+            "ig",
+            model="lenet",
+            batch_size=2,
+            iterations=2,
+            restarts=1,
+            quiet=True,
+            score_every=0,
+            device="cpu",
+            client=fedavg,
+            defence={"name": name, **strengths.get(name, {})},
+        ).record
+        for name in ("clip", "dpsgd")
+    }
+    assert records["clip"]["status"] == "ok" and records["clip"]["client"] == "fedavg"
+    assert records["clip"]["defence"] == "clip" and records["clip"]["update_cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert records["dpsgd"]["status"] == "skipped" and "not on a weight difference" in records["dpsgd"]["reason"]
