@@ -156,3 +156,16 @@ def test_a_newly_registered_method_is_timed_without_an_entry_and_check_exits_non
     assert cell["floor_s_per_iter"] is None or not math.isfinite(cell["floor_s_per_iter"])
     assert "no floor" in cell["note"]
     assert json.loads(out.read_text())["targets"]["overhead_le_3pct"]["cells_without_floor"] == ["my_attack/lenet/B=1"]
+
+
+def test_reference_floors_get_no_cell_and_naming_one_is_a_one_line_error(capsys):
+    # mean and noise run no iterations: a default grid leaves them out, and --methods mean says why (exit 2)
+    from bench.perf.cli import main
+    from bench.perf.rounds import registered_methods
+
+    assert {"dlg", "idlg", "ig", "gradinversion", "afgi"} <= set(registered_methods())
+    assert not {"mean", "noise"} & set(registered_methods())
+    with pytest.raises(SystemExit) as exited:
+        main(["--methods", "mean", "ig", "--experiments", "none"])
+    assert exited.value.code == 2
+    assert "mean: a reference floor runs no iterations, nothing to time" in capsys.readouterr().err

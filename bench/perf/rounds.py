@@ -103,8 +103,11 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 
 def registered_methods() -> list[str]:
-    """Every registered attack (``methods.list_methods()``): each gets a cell, with or without a floor."""
-    return methods.list_methods()
+    """Every registered attack (``methods.list_methods()``): each gets a cell, with or without a floor.
+
+    Reference floors (``methods.is_reference``: ``mean``, ``noise``) run no iterations, so there is nothing to time.
+    """
+    return [name for name in methods.list_methods() if not methods.is_reference(get_method_class(name))]
 
 
 def method_config(name: str) -> tuple[dict[str, Any], int | None]:
