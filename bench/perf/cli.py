@@ -41,7 +41,7 @@ def _names(values: Sequence[str] | None, default: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.perf", description=DESCRIPTION)
-    parser.add_argument("--methods", nargs="+", help="default: every registered method")
+    parser.add_argument("--methods", nargs="+", help="default: every registered attack (not the reference floors)")
     parser.add_argument("--models", nargs="+", help=f"default: {' '.join(MODELS)}")
     parser.add_argument("--batch-sizes", nargs="+", help="default: 1 8 48")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved ours/floor pairs per cell (default 5)")
