@@ -48,7 +48,7 @@ NOT_BITWISE_RTOL = 1e-3
 def test_quick_perf_writes_report_and_floor_matches(tmp_path):
     out = tmp_path / "perf.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.perf", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench.perf", "--quick", "--aa", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -67,6 +67,8 @@ def test_quick_perf_writes_report_and_floor_matches(tmp_path):
         assert cell["ours_s_per_iter"] > 0 and cell["floor_s_per_iter"] > 0
         assert cell["memory"]["peak_mb"] > 0
         assert math.isclose(cell["first_objective_ours"], cell["first_objective_floor"], rel_tol=NOT_BITWISE_RTOL)
+        # --aa: the floor timed once more in the same rounds, against itself
+        assert len(cell["floor_s_per_iter_samples"]) == cell["repeats"] and math.isfinite(cell["aa_pct"])
 
     harness = report["harness"][0]
     assert {"sampling", "model", "client_update", "progress_call", "metrics", "records", "images"} <= set(
@@ -74,7 +76,7 @@ def test_quick_perf_writes_report_and_floor_matches(tmp_path):
     )
     assert "overhead_le_3pct" in report["targets"]
     assert report["targets"]["metrics_inference_mode"]["met"] is True
-    assert "ours ms/it" in done.stdout
+    assert "ours ms/it" in done.stdout and "A/A " in done.stderr  # the per-cell progress lines
 
 
 @pytest.mark.parametrize("method", sorted(FLOORS))
@@ -112,6 +114,11 @@ def test_check_targets_flags_a_cell_over_the_floor():
     targets = check_targets(report, args)
     assert missed(targets) == ["overhead_le_3pct"]
     assert targets["overhead_le_3pct"]["above"] == ["ig/convnet/B=1: +3.4%"]
+    # an A/A band (--aa) is reported beside the target and does not change whether it is met
+    report["cells"] = [cell | {"overhead_pct": 1.0, "aa_pct": -0.5}, cell | {"overhead_pct": 3.4, "aa_pct": 4.0}]
+    targets = check_targets(report, args)
+    assert missed(targets) == ["overhead_le_3pct"]
+    assert targets["overhead_le_3pct"]["aa"] == {"cells": 2, "median_abs_pct": 2.25, "above": ["ig/lenet/B=1: +4.0%"]}
 
 
 def test_a_newly_registered_method_is_timed_without_an_entry_and_check_exits_nonzero(tmp_path):

@@ -96,7 +96,7 @@ def run_cell(method: str, model: str, batch_size: int, args: argparse.Namespace)
     repeats = min(3, args.repeats) if heavy else args.repeats
     cell.update(iterations=iterations, heavy=heavy)
 
-    times: dict[str, list[float]] = {"ours": [], "floor": [], "mirror": []}
+    times: dict[str, list[float]] = {"ours": [], "floor": [], "mirror": [], "floor_again": []}
     setups: list[float] = []
     ours_faults: list[float] = []
     last: dict[str, RunResult] = {}
@@ -107,6 +107,8 @@ def run_cell(method: str, model: str, batch_size: int, args: argparse.Namespace)
         if args.mirror and not heavy:
             runners.append("mirror")
             floor.run(observation, probe, 1, clock=clock, **floor.mirror)  # its warm-up, as ours and the floor had
+        if getattr(args, "aa", False):
+            runners.append("floor_again")  # the same floor once more: ours vs floor cannot be told apart below this
     for r in range(repeats):
         order = runners[r % len(runners) :] + runners[: r % len(runners)]
         if r % 2:
@@ -117,7 +119,7 @@ def run_cell(method: str, model: str, batch_size: int, args: argparse.Namespace)
                 result = run_ours(attack, observation, clock)
                 ours_faults.append((minor_faults() - faults) / iterations)
                 setups.append(result.call_seconds - result.seconds_per_iteration * iterations)
-            elif who == "floor":
+            elif who in ("floor", "floor_again"):
                 result = floor.run(observation, attack, iterations, clock=clock, **options)
             else:
                 result = floor.run(observation, attack, iterations, clock=clock, **floor.mirror)
@@ -135,6 +137,10 @@ def run_cell(method: str, model: str, batch_size: int, args: argparse.Namespace)
             cell["mirror_s_per_iter"] = mirrored["floor_s_per_iter"]
             cell["loop_overhead_pct"] = mirrored["overhead_pct"]
             cell["implementation_cost_pct"] = form["overhead_pct"]
+        if times["floor_again"]:
+            again = paired(times["floor_again"], times["floor"])
+            cell.update(aa_pct=again["overhead_pct"], aa_min_pct=again["overhead_min_pct"])
+            cell["aa_max_pct"] = again["overhead_max_pct"]
         if "ours" in last and "floor" in last:
             pairs = zip(last["ours"].objectives, last["floor"].objectives, strict=False)
             cell["trajectory_max_rel_diff"] = max(relative(a, b) for a, b in pairs)

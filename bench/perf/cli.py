@@ -64,6 +64,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="skip the mirror floor (the floor with the shared code's implementation choices)",
     )
     parser.add_argument(
+        "--aa",
+        action="store_true",
+        help="also time the floor against itself in the same interleaving (A/A): each cell's noise band",
+    )
+    parser.add_argument(
         "--channels-last", action="store_true", help="IG floor: model and images in channels-last memory format"
     )
     parser.add_argument("--compile-loss", action="store_true", help="IG floor: torch.compile the distance + TV")
@@ -170,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "malloc",
             "clock",
             "mirror",
+            "aa",
             "channels_last",
             "compile_loss",
             "device",
@@ -213,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         f"ours {1000 * cell['ours_s_per_iter']:.4g} ms/it, floor "
                         f"{1000 * cell.get('floor_s_per_iter', math.nan):.4g} ms/it, "
                         f"overhead {cell.get('overhead_pct', math.nan):+.1f}%, "
-                        f"peak {cell['memory'].get('peak_mb', 0):.0f} MB"
+                        + (f"A/A {cell['aa_pct']:+.1f}%, " if "aa_pct" in cell else "")
+                        + f"peak {cell['memory'].get('peak_mb', 0):.0f} MB"
                         if cell.get("status") == "ok"
                         else f"{cell['status']}: {cell.get('reason', '').splitlines()[0]}"
                     )
