@@ -165,7 +165,7 @@ def test_a_newly_registered_method_is_timed_without_an_entry_and_check_exits_non
     assert json.loads(out.read_text())["targets"]["overhead_le_3pct"]["cells_without_floor"] == ["my_attack/lenet/B=1"]
 
 
-def test_reference_floors_get_no_cell_and_naming_one_is_a_one_line_error(capsys):
+def test_reference_floors_get_no_cell_and_naming_one_is_a_one_line_error(capsys, tmp_path):
     # mean and noise run no iterations: a default grid leaves them out, and --methods mean says why (exit 2)
     from bench.perf.cli import main
     from bench.perf.rounds import registered_methods
@@ -173,6 +173,8 @@ def test_reference_floors_get_no_cell_and_naming_one_is_a_one_line_error(capsys)
     assert {"dlg", "idlg", "ig", "gradinversion", "afgi"} <= set(registered_methods())
     assert not {"mean", "noise"} & set(registered_methods())
     with pytest.raises(SystemExit) as exited:
-        main(["--methods", "mean", "ig", "--experiments", "none"])
+        # a grid that ends in seconds if the refusal is ever lost (DID NOT RAISE, not a run of many minutes)
+        small = ["--models", "lenet", "--batch-sizes", "1", "--iterations", "2", "--repeats", "1", "--no-harness"]
+        main(["--methods", "mean", "ig", "--experiments", "none", "--out", str(tmp_path / "p.json"), *small])
     assert exited.value.code == 2
     assert "mean: a reference floor runs no iterations, nothing to time" in capsys.readouterr().err
