@@ -15,8 +15,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def run_cli(tmp_path):
-    """Run ``python -m bench.run`` in a subprocess with results under tmp_path."""
+    """Run ``python -m bench.run`` with results under tmp_path (a child of the fork server: tests/processes.py)."""
     import subprocess
+
+    from tests import processes
 
     def run(*overrides: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
@@ -30,7 +32,7 @@ def run_cli(tmp_path):
             *without_figures(overrides),
             *overrides,
         ]
-        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return processes.run(args, cwd=cwd, env=env, timeout=timeout)
 
     return run
 
@@ -109,7 +111,10 @@ def smoke_command(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory) -> Path:
-    """One real smoke sweep per test run, shared read-only by every xdist worker: copy it before changing anything."""
+    """One real smoke sweep per test run, shared read-only by every xdist worker: copy it before changing anything.
+
+    A fresh interpreter, not the fork server (tests/processes.py): the runs compared with it go through the server,
+    so every such comparison also checks that a forked command gives a fresh one's records."""
     import subprocess
 
     from filelock import FileLock

@@ -74,8 +74,8 @@ def test_least_duplication_at_batch_48(run_cli, tmp_path):
 
 def test_smoke_sweep_and_resume(smoke_results, tmp_path):
     import shutil
-    import subprocess
 
+    from tests import processes
     from tests.conftest import REPO, smoke_command
 
     got = records(smoke_results)
@@ -87,13 +87,13 @@ def test_smoke_sweep_and_resume(smoke_results, tmp_path):
     assert f"python -m bench.report {smoke_results}" in (smoke_results / "report.md").read_text()
     out = tmp_path / "sweep"
     shutil.copytree(smoke_results, out)
-    again = subprocess.run(smoke_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = processes.run(smoke_command(out), cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already done") == 4
     assert "[4/4, 0 left]" in again.stdout
     assert records(out) == got
     # a sweep value given on the command line replaces the sweep file's in the progress count (4 -> 2 trials)
-    narrowed = subprocess.run(smoke_command(out, "batch_size=1"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    narrowed = processes.run(smoke_command(out, "batch_size=1"), cwd=REPO, timeout=600)
     assert narrowed.returncode == 0, narrowed.stderr
     assert "[2/2, 0 left]" in narrowed.stdout and "/4" not in narrowed.stdout
 

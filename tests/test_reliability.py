@@ -15,6 +15,7 @@ from bench.errors import UserError
 from bench.models import build_model
 from bench.run import check_command_line
 from methods.base import GradientError, Observation
+from tests import processes
 from tests.conftest import REPO, refused_in_a_fork, smoke_command
 from tests.test_sweeps import comparable, records
 
@@ -117,7 +118,7 @@ def test_corrupt_record_is_set_aside_and_rerun(finished, tmp_path):
     victim = sorted((out / "records").glob("*.json"))[0]
     expected = comparable(json.loads(victim.read_text()))
     victim.write_text(victim.read_text()[:40])
-    done = subprocess.run(smoke(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = processes.run(smoke(out), cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "moved it to" in done.stderr and (out / "records" / "corrupt" / victim.name).exists()
     assert comparable(json.loads(victim.read_text())) == expected
@@ -128,7 +129,7 @@ def test_resuming_with_an_incompatible_config_is_refused(finished, tmp_path):
 
     out = tmp_path / "sweep"
     shutil.copytree(finished, out)
-    done = subprocess.run(smoke(out, "model=convnet"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = processes.run(smoke(out, "model=convnet"), cwd=REPO, timeout=120)
     assert done.returncode == 2
     assert "holds an experiment with different model" in done.stderr
 

@@ -13,7 +13,6 @@ metrics, traces, labels, config, environment, must be equal, and the grids byte 
 
 from __future__ import annotations
 
-import functools
 import random
 import signal
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import records
 
@@ -70,7 +70,7 @@ def trial_in_progress(out: Path, before: dict[Path, int]) -> dict | None:
 
 def signal_inside_a_trial(command: list[str], out: Path, sig: signal.Signals, delay: float) -> Round:
     before = job_starts(out)
-    process = subprocess.Popen(
+    process = processes.Popen(
         command,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -78,7 +78,7 @@ def signal_inside_a_trial(command: list[str], out: Path, sig: signal.Signals, de
         text=True,
         # a shell without job control starts background commands with SIGINT ignored, and the child would inherit
         # that (Python then installs no KeyboardInterrupt handler): give the sweep the terminal's default
-        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+        default_sigint=True,
     )
     deadline = time.monotonic() + 600
     while process.poll() is None and time.monotonic() < deadline:
@@ -124,7 +124,7 @@ def kill_and_resume(out: Path, reference: Path, sig: signal.Signals, rounds: int
         # and for certain what a SIGKILL between a temporary file and its rename leaves (the rounds may not have)
         for stale in (out / "records" / ".0123456789abcdef.json.k1ll3d.tmp", out / ".experiment.json.k1ll3d.tmp"):
             stale.write_text('{"status": "o')
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    resumed = processes.run(command, cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert not left_behind(out), left_behind(out)  # a resume discards what a killed writer left
     assert records(out) == records(reference)
@@ -142,7 +142,7 @@ def _raw(path: Path) -> dict:
 def longer_smoke(tmp_path_factory) -> Path:
     """The smoke sweep with two seeds (eight trials): enough trials for ten kills to land in different ones."""
     out = tmp_path_factory.mktemp("longer") / "sweep"
-    done = subprocess.run(smoke_command(out, "seeds=2"), cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = processes.run(smoke_command(out, "seeds=2"), cwd=REPO, timeout=1800)
     assert done.returncode == 0, done.stderr
     return out
 

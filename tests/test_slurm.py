@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests import processes
 from tests.conftest import REPO, smoke_command
 from tests.test_sweeps import records
 
@@ -99,9 +100,7 @@ def cluster() -> None:
 
 
 def slurm_sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*smoke_command(out, *LAUNCHER, *extra)], cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT
-    )
+    return processes.run([*smoke_command(out, *LAUNCHER, *extra)], cwd=REPO, timeout=SWEEP_TIMEOUT)
 
 
 def job_ids(out: Path) -> list[str]:
@@ -174,7 +173,7 @@ def wait_until_gone(jobs: list[str], timeout: float = 300) -> None:
 @pytest.mark.slurm
 def test_resubmitting_after_scancel_completes_the_sweep_with_identical_records(cluster, tmp_path, smoke_results):
     out = tmp_path / "cancelled"
-    process = subprocess.Popen(
+    process = processes.Popen(
         smoke_command(out, *LAUNCHER), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:

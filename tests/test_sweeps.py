@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests import processes
 from tests.conftest import REPO, SMOKE
 
 # Fields that legitimately differ between two runs of the same trial: wall-clock timings.
@@ -50,7 +51,7 @@ def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference)
         f"hydra.sweep.dir={out}",
         f"results_root={tmp_path}",
     ]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = processes.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list((out / "records").glob("*.json"))) < 3:
         time.sleep(0.05)
@@ -58,7 +59,7 @@ def test_sigkill_midway_then_resume_gives_identical_records(tmp_path, reference)
     process.wait()
     partial = len(list((out / "records").glob("*.json")))
     assert 2 <= partial < 4
-    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = processes.run(args, cwd=REPO, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("already done") == partial
     assert records(out) == reference
