@@ -59,6 +59,7 @@ def serve(path: str) -> tuple[dict, list[int]] | None:
         for _ in selector.select(timeout=POLL_SECONDS):
             connection, _ = listener.accept()
             header, fds, _, _ = socket.recv_fds(connection, HEADER.size, 3)
+            header += _read_exactly(connection, HEADER.size - len(header))  # a stream may split even 8 bytes
             request = json.loads(_read_exactly(connection, HEADER.unpack(header)[0]))
             pid = os.fork()
             if pid == 0:
