@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import REPO
 from tests.forkserver import HEADER
 
-REPO = Path(__file__).resolve().parents[1]
 MODULE = "bench.run"
 _server: dict[str, Any] = {}
 
