@@ -44,6 +44,12 @@ def forkable(command: list[str], env: dict[str, str] | None) -> bool:
     return startup == {k: v for k, v in os.environ.items() if k.startswith("PYTHON") and k != "PYTHONUNBUFFERED"}
 
 
+def default_sigint_handler() -> None:
+    """Ctrl-C as a terminal's child gets it: a shell without job control starts background commands with SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _server_socket() -> str:
     """The socket of this process's fork server, started on first use."""
     if _server.get("pid") != os.getpid():
@@ -55,8 +61,7 @@ def _server_socket() -> str:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            # the server's children must start as an interpreter whose SIGINT was not ignored
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=default_sigint_handler,  # so its children start as an interpreter whose SIGINT was not ignored
         )
         if process.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the fork server did not start (exit status {process.wait()})")
@@ -69,14 +74,7 @@ class ForkedProcess:
     """A command run by the fork server; the subset of ``subprocess.Popen`` that the tests use."""
 
     def __init__(
-        self,
-        command: list[str],
-        *,
-        cwd: str | Path,
-        env: dict[str, str] | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
-        text: bool = False,
+        self, command: list[str], cwd: str | Path, env: dict | None, stdout: int | None, stderr: int | None, text: bool
     ) -> None:
         self.args, self.returncode = command, None
         mine: list[int] = []  # the ends of pipes this process reads
@@ -182,8 +180,8 @@ def Popen(  # noqa: N802
     """``subprocess.Popen`` for a command line. ``default_sigint``: the command takes Ctrl-C as a terminal's
     child does (a fork server's child always does)."""
     if not fresh and forkable(command, env):
-        return ForkedProcess(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
-    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if default_sigint else None
+        return ForkedProcess(command, cwd, env, stdout, stderr, text)  # built by Popen only
+    preexec = default_sigint_handler if default_sigint else None
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text, preexec_fn=preexec)
 
 
